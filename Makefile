@@ -1,0 +1,54 @@
+# Two commands do everything on a fresh machine:
+#   make book   sets up .venv, executes every notebook with papermill, builds the HTML in _build/html
+#   make test   lint, unit tests, notebook checks, nbval reproducibility, checks of the built HTML
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+JOBS    ?= 2
+TIMEOUT ?= 1200
+PARAMS  ?=
+PYTEST_ARGS ?=
+
+# The tiny preset never touches the network, whatever library is asked.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: book test setup execute html lint freeze clean
+
+book: execute html
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements/ci.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements/ci.txt -r requirements/ci.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip check
+	touch $@
+
+execute: setup
+	$(BIN)/python -m satlib.build execute --jobs $(JOBS) --timeout $(TIMEOUT) $(if $(PARAMS),--parameters $(PARAMS))
+
+html: setup
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute
+	$(BIN)/jupyter-book build --all -W -n --keep-going .
+
+lint: setup
+	$(BIN)/ruff check satlib tests benchmarks book/_ext
+	$(BIN)/ruff format --check satlib tests benchmarks book/_ext
+
+test: setup
+	test -f _build/html/index.html || $(MAKE) book
+	$(MAKE) lint
+	$(BIN)/python -m pytest tests book/notebooks --nbval --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
+
+freeze: setup
+	{ head -2 requirements/ci.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^satlib' \
+		| sed 's/^torch==\(.*\)+cpu/torch==\1/'; } > requirements/ci.txt.new && mv requirements/ci.txt.new requirements/ci.txt
+
+clean:
+	rm -rf _build book/notebooks

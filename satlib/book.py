@@ -1,0 +1,111 @@
+"""What the chapters share: the glue shim, the figure style, and provenance labels.
+
+* :func:`glue` stores a computed number for the prose (``{glue:text}`name``` in MyST). It uses myst-nb's
+  glue when myst-nb is installed (the book build) and otherwise just shows the value (Colab), so the same
+  notebook runs in both places.
+* :func:`use_style` sets one matplotlib style for every figure of the book.
+* :class:`Source` labels where a number comes from. Every curve in a figure carries one of these labels, so
+  a reader never mistakes a value read off the paper's figure for one this book computed.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import matplotlib as mpl
+
+#: Colours of the book's figures, in the order series are drawn (colour-blind safe, Okabe & Ito 2008).
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+
+
+class Source(Enum):
+    """Provenance of a number shown in the book."""
+
+    LIVE = "computed by this book"
+    PAPER_EXACT = "paper (exact)"
+    PAPER_DIGITISED = "paper (digitised from figure, approximate)"
+    EXTERNAL = "external data"
+
+    def label(self, what: str) -> str:
+        """Legend label: ``what`` followed by the provenance, e.g. ``"Pythia-70M — paper (exact)"``."""
+        return f"{what} — {self.value}"
+
+    @property
+    def style(self) -> dict[str, Any]:
+        """Matplotlib keyword arguments that make the provenance visible at a glance."""
+        return {
+            Source.LIVE: {"linestyle": "-", "marker": "o", "markersize": 4},
+            Source.PAPER_EXACT: {"linestyle": "--", "marker": "s", "markersize": 4},
+            Source.PAPER_DIGITISED: {"linestyle": ":", "marker": "x", "markersize": 5},
+            Source.EXTERNAL: {"linestyle": "-.", "marker": "^", "markersize": 4},
+        }[self]
+
+
+def glue(name: str, value: Any, display: bool = False) -> None:
+    """Store ``value`` under ``name`` for the book's prose.
+
+    With myst-nb present this is ``myst_nb.glue``; without it (plain Jupyter, Colab) nothing is recorded and
+    the value is printed when ``display`` is true, so notebooks run unchanged everywhere.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        if display:
+            print(f"{name} = {value}")
+        return
+    myst_glue(name, value, display=display)
+
+
+def use_style() -> None:
+    """Apply the book's figure style (sizes, fonts, grid, colour cycle) to matplotlib."""
+    mpl.rcParams.update(
+        {
+            "figure.figsize": (7.0, 4.0),
+            "figure.dpi": 110,
+            "savefig.dpi": 110,
+            "figure.constrained_layout.use": True,
+            "font.size": 10.5,
+            "axes.titlesize": 11,
+            "axes.labelsize": 10.5,
+            "legend.fontsize": 8.5,
+            "legend.frameon": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.prop_cycle": mpl.cycler(color=list(PALETTE)),
+            "lines.linewidth": 1.6,
+        }
+    )
+
+
+def glued_values(executed_notebook: Any) -> dict[str, Any]:
+    """The values a notebook glued, keyed by glue name.
+
+    Each value is parsed back from its ``text/plain`` form when that is a Python literal (numbers, strings,
+    booleans), and left as text otherwise.
+
+    Args:
+        executed_notebook: path to an executed ``.ipynb`` (or its parsed JSON as a dict).
+    """
+    import ast
+    import json
+    from pathlib import Path
+
+    notebook = executed_notebook
+    if not isinstance(notebook, dict):
+        notebook = json.loads(Path(executed_notebook).read_text())
+    values: dict[str, Any] = {}
+    for cell in notebook.get("cells", []):
+        for output in cell.get("outputs", []):
+            record = output.get("metadata", {}).get("scrapbook", {})
+            if "name" not in record:
+                continue
+            text = output.get("data", {}).get(record.get("mime_prefix", "") + "text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            try:
+                values[record["name"]] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                values[record["name"]] = text
+    return values

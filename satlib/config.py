@@ -1,0 +1,181 @@
+"""Presets, data and cache directories, and the offline policy.
+
+One parameter switches the scale of the whole book: the preset. ``tiny`` runs on a laptop CPU, fully
+offline, in minutes (what CI and the published book use); ``pythia`` loads the real Pythia suite from the
+Hugging Face hub and needs a network and, in practice, a GPU.
+
+Directories are settings, never hard-coded paths:
+
+* ``SATLIB_DATA_DIR``: external data (Pythia's evaluations, ...). Default: ``../shared/data`` beside the
+  repository when present, else ``<cache>/data`` (filled by downloads when online).
+* ``SATLIB_CACHE_DIR``: everything the book computes once and reuses. Default: ``<repo>/.cache`` for a
+  checkout, ``~/.cache/satlib`` for an installed package.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: The public repository of this book: Colab buttons and the Colab install cell point here.
+REPOSITORY_URL = "https://github.com/satbook/saturation-companion"
+
+DATA_DIR_ENV = "SATLIB_DATA_DIR"
+CACHE_DIR_ENV = "SATLIB_CACHE_DIR"
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_REPO_ROOT = _PACKAGE_DIR.parent
+
+#: Environment variables that make Hugging Face libraries refuse to touch the network.
+HF_OFFLINE_VARIABLES = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A scale at which the whole book runs.
+
+    Attributes:
+        name: ``"tiny"`` or ``"pythia"``.
+        offline: whether the preset must run without any network access.
+        description: one line for the book.
+    """
+
+    name: str
+    offline: bool
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("tiny", offline=True, description="CPU, offline, minutes: models trained here"),
+    "pythia": Preset(
+        "pythia", offline=False, description="the real Pythia suite from the Hugging Face hub (GPU advised)"
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Return the preset called ``name``, or raise a one-line error listing the valid names."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: use one of {sorted(PRESETS)} (default 'tiny')")
+    return PRESETS[name]
+
+
+def repository_root() -> Path | None:
+    """The checkout this package lives in, or ``None`` for an installed package (e.g. on Colab)."""
+    return _REPO_ROOT if (_REPO_ROOT / "pyproject.toml").is_file() else None
+
+
+def data_dir() -> Path:
+    """Directory of external data, from ``SATLIB_DATA_DIR`` or the documented default."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser().resolve()
+    root = repository_root()
+    if root is not None and (root.parent / "shared" / "data").is_dir():
+        return (root.parent / "shared" / "data").resolve()
+    return cache_dir() / "data"
+
+
+def cache_dir() -> Path:
+    """Directory of everything computed once and reused, from ``SATLIB_CACHE_DIR`` or the default."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser().resolve()
+    root = repository_root()
+    if root is not None:
+        return root / ".cache"
+    return Path.home() / ".cache" / "satlib"
+
+
+class NetworkBlockedError(ConnectionError):
+    """Raised when code running under an offline preset tries to reach a non-local address."""
+
+
+_offline_guard = {"installed": False, "active": False}
+
+
+def _is_local(address: object) -> bool:
+    if not isinstance(address, tuple) or not address:
+        return True  # Unix sockets and the like never leave the machine.
+    host = str(address[0])
+    if host in {"localhost", ""}:
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost would need DNS: not local
+
+
+def _audit(event: str, args: tuple) -> None:
+    if not _offline_guard["active"]:
+        return
+    if event in {"socket.connect", "socket.sendto"} and not _is_local(args[1]):
+        raise NetworkBlockedError(
+            f"network access to {args[1]!r} blocked: the 'tiny' preset is offline; "
+            "use PRESET='pythia' on a machine with network access"
+        )
+    if event == "socket.getaddrinfo" and not _is_local((args[0],)):
+        raise NetworkBlockedError(
+            f"DNS lookup of {args[0]!r} blocked: the 'tiny' preset is offline; "
+            "use PRESET='pythia' on a machine with network access"
+        )
+
+
+def block_network(active: bool = True) -> None:
+    """Forbid (or allow again) connections to non-loopback addresses in this process.
+
+    Implemented with an audit hook (PEP 578), so it catches every socket, whichever library opens it.
+    Loopback stays open: Jupyter kernels talk to their clients over it.
+    """
+    if not _offline_guard["installed"]:
+        sys.addaudithook(_audit)
+        _offline_guard["installed"] = True
+    _offline_guard["active"] = active
+
+
+def network_blocked() -> bool:
+    """Whether :func:`block_network` is in force."""
+    return bool(_offline_guard["active"])
+
+
+def network_available(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether ``host`` answers on ``port`` (False when the offline guard is on)."""
+    if network_blocked():
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and (when installed) PyTorch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency, but keep metrics usable without it
+        return
+    torch.manual_seed(seed)
+
+
+def setup(preset: str = "tiny", seed: int = 0) -> Preset:
+    """Prepare a notebook or script to run at ``preset``: validate it, seed, apply the offline policy.
+
+    Call it once, right after the parameters cell. Under an offline preset the Hugging Face libraries are
+    told to stay offline and any connection to a non-loopback address raises :class:`NetworkBlockedError`.
+    """
+    chosen = get_preset(preset)
+    if chosen.offline:
+        os.environ.update(HF_OFFLINE_VARIABLES)
+        block_network(True)
+    elif _offline_guard["installed"]:
+        block_network(False)
+    seed_everything(seed)
+    return chosen

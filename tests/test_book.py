@@ -1,0 +1,89 @@
+"""The executed notebooks and the built HTML book (run after `make book`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from bs4 import BeautifulSoup
+
+from satlib.book import glued_values
+from satlib.config import REPOSITORY_URL
+
+ROOT = Path(__file__).resolve().parents[1]
+EXECUTED = ROOT / "book" / "notebooks"
+HTML = ROOT / "_build" / "html"
+SOURCES = sorted((ROOT / "notebooks").glob("*.ipynb"))
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+PAGES = [TOC["root"]] + [c["file"] for part in TOC["parts"] for c in part["chapters"]]
+
+
+def executed(name: str) -> dict:
+    path = EXECUTED / f"{name}.ipynb"
+    assert path.is_file(), f"{path} missing: run `make book` first"
+    return json.loads(path.read_text())
+
+
+def page(docname: str) -> BeautifulSoup:
+    path = HTML / f"{docname}.html"
+    assert path.is_file(), f"{path} missing: run `make book` first"
+    return BeautifulSoup(path.read_text(), "html.parser")
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_executed_without_errors_and_every_figure_drawn(source):
+    notebook = executed(source.stem)
+    for index, cell in enumerate(notebook["cells"], 1):
+        outputs = cell.get("outputs", [])
+        assert not [o for o in outputs if o["output_type"] == "error"], f"{source.stem} cell {index} failed"
+        if "figure" in cell["metadata"].get("mystnb", {}):
+            assert any("image/png" in o.get("data", {}) for o in outputs), f"{source.stem} cell {index}: no image"
+
+
+@pytest.mark.parametrize("docname", PAGES)
+def test_every_toc_page_is_built(docname):
+    assert page(docname).find("main") is not None
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_chapter_page_has_figures_numbers_and_colab_link(source):
+    soup = page(f"book/notebooks/{source.stem}")
+    n_figures = sum("figure" in c["metadata"].get("mystnb", {}) for c in executed(source.stem)["cells"])
+    figures = soup.select("figure")
+    assert len(figures) == n_figures
+    for figure in figures:
+        assert figure.find("img") is not None and figure.find("img").get("src")
+        assert figure.select_one(".caption-number").get_text(strip=True).startswith("Figure")
+    colab = f"https://colab.research.google.com/github/{REPOSITORY_URL.removeprefix('https://github.com/')}"
+    links = {a.get("href") for a in soup.find_all("a")}
+    assert f"{colab}/blob/main/notebooks/{source.stem}.ipynb" in links
+    assert not any(link and "/book/notebooks/" in link and "github" in link for link in links)
+    assert soup.select(".pasted-text"), "no glued number made it into the prose"
+
+
+@pytest.mark.parametrize("docname", PAGES)
+def test_no_error_output_anywhere(docname):
+    soup = page(docname)
+    assert not soup.select(".output.traceback, .output.error, .ansi-red-intense-fg")
+    text = soup.get_text()
+    for marker in ("Traceback (most recent call last)", "Error:", "Warning:", "NOT attained", "FAILS"):
+        assert marker not in text, f"{docname}: page shows {marker!r}"
+
+
+def test_bibliography_lists_the_paper():
+    text = page("book/bibliography").get_text()
+    assert "Godey" in text and "softmax bottleneck" in text
+
+
+def test_theory_chapter_numbers():
+    values = glued_values(EXECUTED / "06_theory.ipynb")
+    assert values["theory_status"] == "reproduced"
+    assert values["werr_321_d1"] == pytest.approx(0.597614, abs=1e-6)
+    assert values["werr_321_d2"] == pytest.approx(0.267261, abs=1e-6)
+    assert values["target_rank"] == 256
+    assert values["kl_d1"] > values["kl_d16"] > values["kl_d64"]
+    assert values["max_eym_gap"] < 1e-10
+    assert values["looseness_small_d"] > 10 and values["looseness_large_d"] > 10
+    assert values["gap_d8"] < values["bound_d8"]
