@@ -71,5 +71,5 @@ def test_repository_url_is_one_setting(root):
 
 
 def test_package_data_is_the_papers_values():
-    packaged = Path(config.__file__).parent / "paper_data" / "table1_pythia160m_best_vs_final.csv"
+    packaged = Path(config.__file__).parent / "data_files" / "paper" / "table1_pythia160m_best_vs_final.csv"
     assert packaged.read_text().startswith("# Table 1 of Godey")
