@@ -46,8 +46,11 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     """Store ``value`` under ``name`` for the book's prose.
 
     With myst-nb present this is ``myst_nb.glue``; without it (plain Jupyter, Colab) nothing is recorded and
-    the value is printed when ``display`` is true, so notebooks run unchanged everywhere.
+    the value is printed when ``display`` is true, so notebooks run unchanged everywhere. NumPy scalars are
+    stored as Python numbers, so that the prose's format specifications (``:.2f``) apply to them.
     """
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
     try:
         from myst_nb import glue as myst_glue
     except ImportError:

@@ -20,7 +20,7 @@ from functools import cache
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from satlib.config import cache_dir, data_dir, network_available
 
@@ -140,7 +140,7 @@ def _evaluations(folder: str) -> pd.DataFrame:
     table.insert(6, "tokens", table.step * TOKENS_PER_STEP)
     sizes = paper_values("pythia_models").set_index("model").n_params
     table.insert(1, "n_params", table.model.map(sizes).astype("Int64"))
-    return table.sort_values(columns[:6] + ["task", "metric"], ignore_index=True)
+    return table.sort_values([*columns[:6], "task", "metric"], ignore_index=True)
 
 
 def pythia_evaluations(directory: Path | None = None) -> pd.DataFrame:

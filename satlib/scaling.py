@@ -67,7 +67,7 @@ def _checked_data(
         raise ValueError(f"n_params, n_tokens and loss must have the same length, got {[len(a) for a in arrays]}")
     if lengths == {0}:
         raise ValueError("no data points: pass at least one (n_params, n_tokens, loss) triple")
-    for name, values in zip(("n_params", "n_tokens", "loss"), arrays):
+    for name, values in zip(("n_params", "n_tokens", "loss"), arrays, strict=True):
         if not np.all(np.isfinite(values)):
             raise ValueError(f"{name} contains NaN or infinity: drop those points before fitting")
         if np.any(values <= 0):
@@ -82,7 +82,9 @@ def _checked_fixed(fixed: Mapping[str, float] | None) -> dict[str, float]:
         raise ValueError(f"cannot fix {sorted(unknown)}: fixed accepts {list(PARAMETERS)}")
     for name, value in fixed.items():
         if not np.isfinite(value) or (name in _LOG_PARAMETERS and value <= 0):
-            raise ValueError(f"fixed {name}={value!r} must be finite{' and positive' if name in _LOG_PARAMETERS else ''}")
+            raise ValueError(
+                f"fixed {name}={value!r} must be finite{' and positive' if name in _LOG_PARAMETERS else ''}"
+            )
     if len(fixed) == len(PARAMETERS):
         raise ValueError("all five parameters are fixed: nothing to fit")
     return fixed

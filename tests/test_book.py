@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,8 @@ def test_executed_without_errors_and_every_figure_drawn(source):
     for index, cell in enumerate(notebook["cells"], 1):
         outputs = cell.get("outputs", [])
         assert not [o for o in outputs if o["output_type"] == "error"], f"{source.stem} cell {index} failed"
+        stderr = "".join("".join(o.get("text", "")) for o in outputs if o.get("name") == "stderr")
+        assert "Warning" not in stderr, f"{source.stem} cell {index} warns: {stderr[:200]}"
         if "figure" in cell["metadata"].get("mystnb", {}):
             assert any("image/png" in o.get("data", {}) for o in outputs), f"{source.stem} cell {index}: no image"
 
@@ -72,6 +75,14 @@ def test_no_error_output_anywhere(docname):
         assert marker not in text, f"{docname}: page shows {marker!r}"
 
 
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_every_glued_name_in_prose_was_computed(source):
+    prose = "".join("".join(c["source"]) for c in executed(source.stem)["cells"] if c["cell_type"] == "markdown")
+    used = set(re.findall(r"\{glue:(?:text|any|md)\}`([A-Za-z0-9_]+)", prose))
+    missing = used - set(glued_values(EXECUTED / f"{source.stem}.ipynb"))
+    assert not missing, f"{source.stem}: prose uses names never glued: {sorted(missing)}"
+
+
 def test_bibliography_lists_the_paper():
     text = page("book/bibliography").get_text()
     assert "Godey" in text and "softmax bottleneck" in text
@@ -87,3 +98,17 @@ def test_theory_chapter_numbers():
     assert values["max_eym_gap"] < 1e-10
     assert values["looseness_small_d"] > 10 and values["looseness_large_d"] > 10
     assert values["gap_d8"] < values["bound_d8"]
+
+
+def test_saturation_chapter_numbers():
+    """Section 3 against the paper: A = 119.09, alpha = 0.246, 8% and about 4% (paper §3, exact)."""
+    values = glued_values(EXECUTED / "01_saturation.ipynb")
+    assert values["closer_fit"] == "least squares"
+    assert values["ls_A"] == pytest.approx(119.09, rel=0.02)
+    assert values["ls_alpha"] == pytest.approx(0.246, abs=0.003)
+    assert values["ls_final_gap"] == pytest.approx(8.0, abs=1.0)
+    assert values["ls_best_gap"] == pytest.approx(4.0, abs=1.0)
+    assert values["huber_A"] < values["ls_A"]
+    assert values["saturating_models"] == "pythia-70m, pythia-160m"
+    assert values["table1_same_direction"] == values["table1_rows"] == 4
+    assert values["saturation_status"] == "reproduced"

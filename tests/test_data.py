@@ -57,7 +57,7 @@ def test_corrupted_file_is_reported(tmp_path):
     shutil.copytree(EVALS, copy)
     victim = copy / "pythia-v1/pythia-70m/zero-shot/70m_step1000.json"
     victim.write_text(victim.read_text()[:-10])
-    with pytest.raises(ValueError, match="1 Pythia evaluation files .* fail their checksum"):
+    with pytest.raises(ValueError, match=r"1 Pythia evaluation files .* fail their checksum"):
         data.pythia_evals_dir(copy)
 
 
