@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: book test setup execute html lint freeze clean
+.PHONY: book test setup suite execute html lint freeze clean
 
 book: execute html
 
@@ -29,7 +29,11 @@ $(VENV)/.installed: requirements/ci.txt pyproject.toml
 	$(BIN)/python -m pip check
 	touch $@
 
-execute: setup
+# The offline corpus, tokenizers and the tiny model suite: built once, cached in .cache/ (resumable).
+suite: setup
+	$(BIN)/python -m satlib.suite train --preset tiny
+
+execute: suite
 	$(BIN)/python -m satlib.build execute --jobs $(JOBS) --timeout $(TIMEOUT) $(if $(PARAMS),--parameters $(PARAMS))
 
 html: setup

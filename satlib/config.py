@@ -179,3 +179,16 @@ def setup(preset: str = "tiny", seed: int = 0) -> Preset:
         block_network(False)
     seed_everything(seed)
     return chosen
+
+
+def progress(iterable: object = None, **kwargs: object):  # noqa: ANN201 - a tqdm bar
+    """A tqdm progress bar shown on terminals only: quiet in notebooks and CI logs, whose outputs it would clutter.
+
+    Also silences transformers' own bars (for example "Writing model shards"), which would land in notebook
+    outputs the same way.
+    """
+    from tqdm import tqdm
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    return tqdm(iterable, disable=None, **kwargs)

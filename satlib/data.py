@@ -20,9 +20,8 @@ from functools import cache
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
-from satlib.config import cache_dir, data_dir, network_available
+from satlib.config import cache_dir, data_dir, network_available, progress
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data_files"
 #: Pythia's repository at the commit the evaluation files were taken from (see ../shared/README.md).
@@ -94,7 +93,7 @@ def pythia_evals_dir(directory: Path | None = None, base_url: str = PYTHIA_EVALS
                 f"Pythia's evaluation files are not in {candidates[0]} and there is no network to download them: "
                 f"set SATLIB_DATA_DIR to a folder holding pythia-evals/ (see README.md)"
             )
-        for relative in tqdm(missing, desc="downloading Pythia evaluations", unit="file"):
+        for relative in progress(missing, desc="downloading Pythia evaluations", unit="file"):
             _download(base_url + relative, folder / relative)
     corrupt = [p for p, digest in expected.items() if _sha256(folder / p) != digest]
     if corrupt:

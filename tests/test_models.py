@@ -1,0 +1,74 @@
+"""satlib.models and satlib.evaluate: one registry, the pythia code path on a local copy, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from satlib import evaluate, models
+
+
+def small_pythia_like(seed: int = 0) -> GPTNeoXForCausalLM:
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(vocab_size=96, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=32, tie_word_embeddings=False)  # fmt: skip
+    return GPTNeoXForCausalLM(config).eval()
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    model = small_pythia_like()
+    model.save_pretrained(tmp_path / "EleutherAI" / "pythia-70m" / "step1000")
+    monkeypatch.setenv(models.HUB_MIRROR_ENV, str(tmp_path))
+    return model
+
+
+def test_pythia_code_path_loads_a_local_copy(mirror):
+    loaded = models.load("pythia-70m", 1000, preset="pythia")
+    ids = torch.randint(0, 96, (2, 10))
+    torch.testing.assert_close(loaded(input_ids=ids).logits, mirror(input_ids=ids).logits)
+    assert not loaded.training
+
+
+def test_heldout_loss_matches_transformers_loss(mirror):
+    ids = np.random.default_rng(0).integers(0, 96, 1000)
+    windows = evaluate.evaluation_windows(ids, context=16, n_tokens=160)
+    assert windows.shape == (10, 17)
+    expected = np.mean([float(mirror(input_ids=w[None, :], labels=w[None, :]).loss) for w in windows])
+    assert evaluate.heldout_loss(mirror, windows, batch_size=3) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="too few"):
+        evaluate.evaluation_windows(ids[:10], context=16, n_tokens=16)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: models.load("tiny-d16", preset="huge"), ValueError, "unknown preset 'huge'"),
+        (lambda: models.load("tiny-d17"), ValueError, r"unknown model 'tiny-d17' for preset 'tiny': use one of \["),
+        (lambda: models.load("pythia-70m", 1234, preset="pythia"), ValueError, "no checkpoint at step 1234"),
+        (lambda: models.load("pythia-70m", 1000, preset="pythia"), ConnectionError, "PRESET='tiny'"),
+    ],
+)
+def test_bad_requests_are_one_line_errors(call, error, match, monkeypatch):
+    monkeypatch.delenv(models.HUB_MIRROR_ENV, raising=False)
+    with pytest.raises(error, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_corrupted_checkpoints(mirror, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        models.load("pythia-70m", 2000, preset="pythia")
+    weights = tmp_path / "EleutherAI" / "pythia-70m" / "step1000" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])
+    with pytest.raises(ValueError, match=r"is corrupted .* delete that folder and run again"):
+        models.load("pythia-70m", 1000, preset="pythia")
+
+
+def test_registry_names_and_steps():
+    assert models.suite_names("tiny") == ["tiny-d16", "tiny-d32", "tiny-d64", "tiny-d128", "smollm2-135m"]
+    assert models.suite_names("pythia")[0] == "pythia-14m"
+    steps = models.checkpoint_steps("pythia-160m", "pythia")
+    assert len(steps) == 154 and steps[:3] == [0, 1, 2] and steps[-1] == 143000

@@ -1,0 +1,124 @@
+"""satlib.suite: schedule, data order, chunked loss, resume after a real kill, concurrent training."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from satlib import suite
+
+TEST_SPEC = suite.SuiteSpec(preset="test", widths=(8, 16), vocab_size=64, context=16, batch_size=4, steps=40,
+                            eval_tokens=256)  # fmt: skip
+TEST_IDS = np.random.default_rng(0).integers(0, 64, 20_000).astype(np.uint16)
+
+
+def final_weights(folder):
+    return load_file(str(folder / f"step{TEST_SPEC.steps}" / "model.safetensors"))
+
+
+def test_checkpoint_schedule_has_pythias_shape():
+    spec = suite.SUITES["tiny"]
+    steps = spec.checkpoint_steps()
+    assert steps[0] == 0 and steps[-1] == spec.steps and steps == sorted(set(steps))
+    assert {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024} <= set(steps)
+    assert {spec.steps // 10 * k for k in range(1, 11)} <= set(steps)
+
+
+def test_learning_rate_schedule():
+    spec = suite.SUITES["tiny"]
+    warmup = round(0.01 * spec.steps)
+    assert spec.learning_rate(0) == pytest.approx(spec.peak_lr / warmup)
+    assert spec.learning_rate(warmup) == pytest.approx(spec.peak_lr)
+    assert spec.learning_rate(spec.steps) == pytest.approx(0.1 * spec.peak_lr)
+    rates = [spec.learning_rate(s) for s in range(warmup, spec.steps + 1)]
+    assert all(a >= b for a, b in itertools.pairwise(rates))
+
+
+def test_same_data_order_for_every_size_and_new_order_each_epoch():
+    other = dataclasses.replace(TEST_SPEC, widths=(32,))
+    for step in (0, 7, 300):
+        np.testing.assert_array_equal(
+            suite.batch_starts(TEST_SPEC, 20_000, step), suite.batch_starts(other, 20_000, step)
+        )
+    windows = (20_000 - 1) // 17
+    first_epoch = np.concatenate([suite.batch_starts(TEST_SPEC, 20_000, s) for s in range(windows // 4)])
+    assert len(set(first_epoch)) == len(first_epoch)  # no window twice within an epoch
+
+
+def test_chunked_cross_entropy_matches_plain():
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(37, 8, generator=generator, requires_grad=True)
+    weight = torch.randn(50, 8, generator=generator, requires_grad=True)
+    targets = torch.randint(0, 50, (37,), generator=generator)
+    chunked = suite.chunked_cross_entropy(hidden, weight, targets, chunk=10)
+    grads = torch.autograd.grad(chunked, (hidden, weight))
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T, targets)
+    expected = torch.autograd.grad(plain, (hidden, weight))
+    assert float(chunked.detach()) == pytest.approx(float(plain.detach()), rel=1e-6)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_width_and_preset():
+    with pytest.raises(ValueError, match="no model of width 12 in the 'test' suite"):
+        TEST_SPEC.model_config(12)
+    with pytest.raises(ValueError, match="trains no suite here"):
+        suite.suite_spec("huge")
+
+
+def train_script(cache: str, width: int) -> str:
+    return textwrap.dedent(f"""
+        import os, sys, numpy as np, torch
+        os.environ["SATLIB_CACHE_DIR"] = {cache!r}
+        torch.set_num_threads(1)
+        sys.path.insert(0, {os.getcwd()!r})
+        from tests.test_suite import TEST_SPEC, TEST_IDS
+        from satlib import suite
+        print(suite.train_model(TEST_SPEC, {width}, TEST_IDS), os.getpid(), flush=True)
+    """)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_is_bitwise_identical(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "straight"))
+    straight = final_weights(suite.train_model(TEST_SPEC, 8, TEST_IDS))
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-c", train_script(str(killed), 8)])
+    folder = killed / "suite" / f"test-{TEST_SPEC.key()}" / "d8"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(folder.glob("resume-*/state.json")):
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (folder / "complete.json").exists(), "the run finished before it could be killed"
+    monkeypatch.setenv("SATLIB_CACHE_DIR", str(killed))
+    resumed = final_weights(suite.train_model(TEST_SPEC, 8, TEST_IDS))
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    assert not list(folder.glob("resume-*"))
+
+
+@pytest.mark.slow
+def test_concurrent_requests_train_once(tmp_path):
+    script = train_script(str(tmp_path), 16)
+    processes = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0].split() for p in processes]
+    assert all(p.returncode == 0 for p in processes)
+    assert outputs[0][0] == outputs[1][0]
+    record = json.loads((tmp_path / "suite" / f"test-{TEST_SPEC.key()}" / "d16" / "complete.json").read_text())
+    assert [int(o[1]) for o in outputs].count(record["trained_by_pid"]) == 1
