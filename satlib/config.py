@@ -19,6 +19,7 @@ import os
 import random
 import socket
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +173,8 @@ def setup(preset: str = "tiny", seed: int = 0) -> Preset:
     told to stay offline and any connection to a non-loopback address raises :class:`NetworkBlockedError`.
     """
     chosen = get_preset(preset)
+    # Libraries import tqdm.auto, which warns in notebooks without ipywidgets; the book shows no progress bars.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     if chosen.offline:
         os.environ.update(HF_OFFLINE_VARIABLES)
         block_network(True)

@@ -85,13 +85,18 @@ def smollm2_dir() -> Path:
 
 
 def suite_names(preset: str = "tiny") -> list[str]:
-    """Model names of a preset, smallest first."""
+    """Names of the suite of a preset (trained here, or Pythia's), smallest first."""
     get_preset(preset)
     if preset == "pythia":
-        return [*paper_values("pythia_models").model, SMOLLM2]
+        return list(paper_values("pythia_models").model)
     from satlib.suite import suite_spec
 
-    return [*(f"{preset}-d{width}" for width in suite_spec(preset).widths), SMOLLM2]
+    return [f"{preset}-d{width}" for width in suite_spec(preset).widths]
+
+
+def model_names(preset: str = "tiny") -> list[str]:
+    """Every name ``load`` accepts at a preset: its suite, then SmolLM2."""
+    return [*suite_names(preset), SMOLLM2]
 
 
 def checkpoint_steps(name: str, preset: str = "tiny") -> list[int]:
@@ -107,7 +112,7 @@ def checkpoint_steps(name: str, preset: str = "tiny") -> list[int]:
 
 
 def _check_name(name: str, preset: str) -> None:
-    names = suite_names(preset)
+    names = model_names(preset)
     if name not in names:
         raise ValueError(f"unknown model {name!r} for preset {preset!r}: use one of {names}")
 
@@ -166,7 +171,9 @@ def load(name: str, step: int | None = None, preset: str = "tiny", device: str =
     """
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # its bars would land in notebook outputs
     get_preset(preset)
     location = model_path(name, step, preset)
     torch_dtype = getattr(torch, dtype)

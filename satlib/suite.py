@@ -320,15 +320,19 @@ def train_suite(preset: str = "tiny") -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m satlib.suite train [--preset tiny]``."""
+    """Command line: ``python -m satlib.suite train [--preset tiny]``: train, then evaluate every checkpoint."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m satlib.suite")
     parser.add_argument("command", choices=["train"])
     parser.add_argument("--preset", default="tiny")
     args = parser.parse_args(argv)
+    from satlib.evaluate import suite_heldout_losses
+
     for folder in train_suite(args.preset):
         print(folder)
+    losses = suite_heldout_losses(args.preset)
+    print(losses.groupby("model", sort=False).loss.agg(["first", "min", "last"]).to_string())
     return 0
 
 

@@ -112,3 +112,12 @@ def test_saturation_chapter_numbers():
     assert values["saturating_models"] == "pythia-70m, pythia-160m"
     assert values["table1_same_direction"] == values["table1_rows"] == 4
     assert values["saturation_status"] == "reproduced"
+
+
+def test_saturation_chapter_live_suite():
+    """The book's own suite: trained, evaluated, and honestly not saturating this early."""
+    values = glued_values(EXECUTED / "01_saturation.ipynb")
+    assert values["live_final_first"] > values["live_final_last"]  # wider models reach lower loss
+    assert values["live_final_last"] < 6.0  # far below the untrained log(4096) = 8.3 nats
+    assert values["live_tpp_max"] < values["pythia14m_best_tpp"] / 100
+    assert values["live_rising"] == "none of them" or values["live_max_rise"] > 0.01

