@@ -19,6 +19,7 @@ import urllib.request
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from satlib.config import cache_dir, data_dir, network_available, progress
@@ -175,3 +176,40 @@ def evaluation_curves(
     curves = selected.pivot_table(index="step", columns="model", values="value", aggfunc="first")
     order = selected.drop_duplicates("model").sort_values("n_params").model
     return curves[list(order)]
+
+
+#: A public copy of The Pile without its copyrighted subsets, streamed by the ``pythia`` preset (paper Figure 1a).
+PILE_DATASET = "monology/pile-uncopyrighted"
+
+
+def pile_sample(
+    tokenizer: object,
+    n_tokens: int = 50_000,
+    *,
+    dataset: str = PILE_DATASET,
+    split: str = "test",
+    data_files: str | list[str] | None = None,
+) -> np.ndarray:
+    """Token ids of the first documents of a Pile split, each followed by end-of-text, cut at ``n_tokens``.
+
+    The paper's Figure 1a evaluates Pythia on 50k tokens sampled from The Pile. The documents are streamed
+    with the ``datasets`` library (only what is needed is downloaded); ``dataset="json"`` with ``data_files``
+    reads a local copy instead, as the tests do.
+    """
+    import datasets
+
+    if data_files is None and not network_available("huggingface.co"):
+        raise ConnectionError(
+            f"streaming {dataset} needs the Hugging Face hub and there is no network: run the book with "
+            "PRESET='tiny' (make book), or pass data_files= a local JSON Lines copy with a 'text' field"
+        )
+    stream = datasets.load_dataset(dataset, split=split if data_files is None else "train", streaming=True,
+                                   data_files=data_files)  # fmt: skip
+    ids: list[int] = []
+    for record in stream:
+        ids.extend([*tokenizer(record["text"]).input_ids, tokenizer.eos_token_id])
+        if len(ids) > n_tokens:
+            break
+    if len(ids) <= n_tokens:
+        raise ValueError(f"{dataset} gave only {len(ids)} tokens, fewer than the {n_tokens} asked for")
+    return np.asarray(ids[: n_tokens + 1], dtype=np.int64)

@@ -48,6 +48,49 @@ def heldout_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int 
     return total / count
 
 
+#: The models and steps of the paper's Figure 1a, evaluated on 50k Pile tokens by the ``pythia`` preset.
+FIGURE_1A_MODELS = ("pythia-14m", "pythia-31m", "pythia-70m", "pythia-160m", "pythia-410m")
+FIGURE_1A_STEPS = (1000, 5000, *range(10_000, 143_001, 10_000), 143_000)
+
+
+def pythia_pile_losses(
+    names: tuple[str, ...] = FIGURE_1A_MODELS,
+    steps: tuple[int, ...] = FIGURE_1A_STEPS,
+    n_tokens: int = 50_000,
+    context: int = 2048,
+    data_files: str | None = None,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Pythia's cross-entropy on a Pile sample at each checkpoint (paper Figure 1a), with :func:`heldout_loss`.
+
+    ``data_files`` (a local JSON Lines file with a ``text`` field) replaces the streamed Pile.
+
+    Models come from :func:`satlib.models.load` with the ``pythia`` preset (the hub, or ``SATLIB_HUB_MIRROR``);
+    the sample from :func:`satlib.data.pile_sample`, tokenized with the final checkpoint's tokenizer (all
+    Pythia models share it). Same columns as :func:`suite_heldout_losses`.
+    """
+    from satlib.data import TOKENS_PER_STEP, paper_values, pile_sample
+    from satlib.models import load, load_tokenizer
+
+    widths = paper_values("pythia_models").set_index("model").d_model
+    tokenizer = load_tokenizer(names[0], "pythia")
+    needed = -(-n_tokens // context) * (context + 1)  # whole windows of context + 1 tokens
+    source = {"dataset": "json", "data_files": data_files} if data_files else {}
+    windows = evaluation_windows(pile_sample(tokenizer, needed, **source), context, n_tokens)
+    rows = []
+    for name, step in progress([(n, s) for n in names for s in steps], desc="Pythia on the Pile", unit="checkpoint"):
+        loss = heldout_loss(load(name, step, "pythia", device=device), windows, batch_size=4)
+        rows.append({"model": name, "width": int(widths[name]), "step": step, "tokens": step * TOKENS_PER_STEP,
+                     "loss": loss})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def heldout_losses(preset: str) -> pd.DataFrame:
+    """The live Figure 1a of a preset: the book's suite on its validation split (``tiny``), or Pythia on a
+    Pile sample (``pythia``). Columns ``model``, ``width``, ``step``, ``tokens``, ``loss``."""
+    return pythia_pile_losses() if preset == "pythia" else suite_heldout_losses(preset)
+
+
 def suite_heldout_losses(preset: str = "tiny") -> pd.DataFrame:
     """Held-out loss of every checkpoint of every model of a preset's suite (the live Figure 1a).
 

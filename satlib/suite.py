@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -278,10 +279,11 @@ def train_model(spec: SuiteSpec, width: int, train_ids: NDArray[np.uint16], stop
         checkpoints = set(spec.checkpoint_steps())
         tokens = torch.from_numpy(np.array(train_ids, dtype=np.int64))
         offsets = torch.arange(spec.context + 1)
+        bar = progress(total=spec.steps, initial=step, desc=f"{spec.preset} d={width}", unit="step", leave=False)
         if step == 0:
             _save_atomically(folder / "step0", lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
         model.train()
-        bar = progress(total=spec.steps, initial=step, desc=f"{spec.preset} d={width}", unit="step", leave=False)
+        started, first_step = time.perf_counter(), step
         while step < spec.steps and (stop_after is None or step < stop_after):
             windows = tokens[torch.from_numpy(batch_starts(spec, len(tokens), step))[:, None] + offsets]
             for group in optimizer.param_groups:
@@ -305,7 +307,14 @@ def train_model(spec: SuiteSpec, width: int, train_ids: NDArray[np.uint16], stop
         if step == spec.steps:
             for point in folder.glob("resume-*"):
                 shutil.rmtree(point)
-            record = {"spec": asdict(spec), "width": width, "trained_by_pid": os.getpid()}
+            seconds = time.perf_counter() - started
+            record = {
+                "spec": asdict(spec),
+                "width": width,
+                "trained_by_pid": os.getpid(),
+                "seconds_this_run": round(seconds, 1),
+                "tokens_per_second": round((step - first_step) * spec.tokens_per_step / max(seconds, 1e-9)),
+            }
             (folder / "complete.json").write_text(json.dumps(record))
     return folder
 
@@ -329,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from satlib.evaluate import suite_heldout_losses
 
+    spec = suite_spec(args.preset)
     for folder in train_suite(args.preset):
-        print(folder)
+        record = json.loads((folder / "complete.json").read_text())
+        print(f"{folder.name}: {spec.steps * spec.tokens_per_step} tokens; last training run "
+              f"{record.get('seconds_this_run')} s at {record.get('tokens_per_second')} tokens/s")  # fmt: skip
     losses = suite_heldout_losses(args.preset)
     print(losses.groupby("model", sort=False).loss.agg(["first", "min", "last"]).to_string())
     return 0

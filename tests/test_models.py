@@ -85,3 +85,39 @@ def test_smollm2_loads_in_one_call_and_knows_paris():
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     completion = tokenizer.decode(model.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1] :])
     assert "Paris" in completion
+
+
+def test_smollm2_resolves_to_the_hub_when_online(monkeypatch):
+    monkeypatch.delenv(models.HUB_MIRROR_ENV, raising=False)
+    monkeypatch.setattr(models, "network_available", lambda *args, **kwargs: True)
+    assert models.model_path("smollm2-135m", preset="pythia") == models.SMOLLM2_HUB
+
+
+def test_pythia_figure_1a_code_path_on_a_local_copy(tmp_path, monkeypatch):
+    """The pythia preset's Figure 1a: hub models (a local mirror here) on a Pile sample (a local JSON Lines file)."""
+    import json
+
+    from satlib import corpus, evaluate, tokenization
+
+    tokenizer = tokenization.load_tokenizer(4096)
+    for name in ("pythia-14m", "pythia-70m"):
+        for step in (1000, 2000, 143000):
+            torch.manual_seed(step)
+            config = GPTNeoXConfig(vocab_size=4096, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, max_position_embeddings=64, tie_word_embeddings=False)  # fmt: skip
+            folder = tmp_path / "EleutherAI" / name / f"step{step}"
+            GPTNeoXForCausalLM(config).save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+    pile = tmp_path / "pile.jsonl"
+    pile.write_text("".join(json.dumps({"text": d.text}) + "\n" for d in corpus.documents("test")[:20]))
+    monkeypatch.setenv(models.HUB_MIRROR_ENV, str(tmp_path))
+    losses = evaluate.pythia_pile_losses(("pythia-14m", "pythia-70m"), (1000, 2000), n_tokens=600, context=60,
+                                         data_files=str(pile))  # fmt: skip
+    assert list(losses.columns) == ["model", "width", "step", "tokens", "loss"]
+    assert len(losses) == 4 and set(losses.width) == {128, 512}
+    assert losses.tokens.tolist() == [1000 * 2_097_152, 2000 * 2_097_152] * 2
+    assert np.all(np.abs(losses.loss - np.log(4096)) < 0.5)  # random small models: close to uniform
+    with pytest.raises(ConnectionError, match="PRESET='tiny'"):
+        from satlib.data import pile_sample
+
+        pile_sample(tokenizer, 100)
