@@ -6,9 +6,12 @@ real Pythia checkpoints on a Pile sample: it only needs a ``transformers`` causa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +19,7 @@ import torch
 from numpy.typing import NDArray
 
 from satlib.config import progress
+from satlib.metrics import anisotropy_from_unit_sum, singular_values
 
 
 def evaluation_windows(token_ids: NDArray, context: int, n_tokens: int) -> torch.Tensor:
@@ -48,76 +52,160 @@ def heldout_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int 
     return total / count
 
 
+@torch.no_grad()
+def anisotropy_profile(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 16) -> NDArray[np.float64]:
+    """Anisotropy of the hidden states at every depth, from the embeddings to what the head reads (Figure 2).
+
+    Streams over the windows keeping only a running sum of unit vectors per layer (memory O(layers x d)).
+    The last entry is the final hidden state after the final layer norm, the input of the LM head.
+
+    Returns:
+        Shape (n_layers + 1,): embeddings, then each layer's output.
+    """
+    device = next(model.parameters()).device
+    sums: list[torch.Tensor] = []
+    count = 0
+    for start in range(0, windows.shape[0], batch_size):
+        batch = windows[start : start + batch_size, :-1].to(device)
+        outputs = model.base_model(input_ids=batch, output_hidden_states=True)
+        states = [*outputs.hidden_states[:-1], outputs.last_hidden_state]
+        units = [torch.nn.functional.normalize(h.reshape(-1, h.shape[-1]).double(), dim=-1).sum(0) for h in states]
+        sums = units if not sums else [a + b for a, b in zip(sums, units, strict=True)]
+        count += batch.numel()
+    return np.array([anisotropy_from_unit_sum(total.cpu().numpy(), count) for total in sums])
+
+
+def head_singular_values(model: torch.nn.Module) -> NDArray[np.float64]:
+    """Singular values of the model's output head (V, d), in decreasing order (paper §4.2, Figures 4 and 5)."""
+    return singular_values(model.get_output_embeddings().weight)
+
+
+#: Measurements of a checkpoint, by name: each takes the model and the validation windows.
+MEASUREMENTS = {
+    "heldout_loss": lambda model, windows: heldout_loss(model, windows),
+    "anisotropy_profile": lambda model, windows: anisotropy_profile(model, windows[:ANISOTROPY_WINDOWS]).tolist(),
+    "head_singular_values": lambda model, windows: head_singular_values(model).tolist(),
+}
+#: Windows (of context + 1 tokens) whose hidden states enter the anisotropy: 32 x 128 = 4,096 tokens in tiny.
+ANISOTROPY_WINDOWS = 32
+
+
 #: The models and steps of the paper's Figure 1a, evaluated on 50k Pile tokens by the ``pythia`` preset.
 FIGURE_1A_MODELS = ("pythia-14m", "pythia-31m", "pythia-70m", "pythia-160m", "pythia-410m")
 FIGURE_1A_STEPS = (1000, 5000, *range(10_000, 143_001, 10_000), 143_000)
+PILE_TOKENS, PILE_CONTEXT = 50_000, 2048
 
 
-def pythia_pile_losses(
-    names: tuple[str, ...] = FIGURE_1A_MODELS,
-    steps: tuple[int, ...] = FIGURE_1A_STEPS,
-    n_tokens: int = 50_000,
-    context: int = 2048,
-    data_files: str | None = None,
-    device: str = "cpu",
-) -> pd.DataFrame:
-    """Pythia's cross-entropy on a Pile sample at each checkpoint (paper Figure 1a), with :func:`heldout_loss`.
+def pile_windows(
+    n_tokens: int = PILE_TOKENS, context: int = PILE_CONTEXT, data_files: str | None = None
+) -> torch.Tensor:
+    """Windows of a Pile sample tokenized for Pythia (all Pythia models share one tokenizer), paper Figure 1a.
 
     ``data_files`` (a local JSON Lines file with a ``text`` field) replaces the streamed Pile.
-
-    Models come from :func:`satlib.models.load` with the ``pythia`` preset (the hub, or ``SATLIB_HUB_MIRROR``);
-    the sample from :func:`satlib.data.pile_sample`, tokenized with the final checkpoint's tokenizer (all
-    Pythia models share it). Same columns as :func:`suite_heldout_losses`.
     """
-    from satlib.data import TOKENS_PER_STEP, paper_values, pile_sample
-    from satlib.models import load, load_tokenizer
+    from satlib.data import pile_sample
+    from satlib.models import load_tokenizer
 
-    widths = paper_values("pythia_models").set_index("model").d_model
-    tokenizer = load_tokenizer(names[0], "pythia")
+    tokenizer = load_tokenizer(FIGURE_1A_MODELS[0], "pythia")
     needed = -(-n_tokens // context) * (context + 1)  # whole windows of context + 1 tokens
     source = {"dataset": "json", "data_files": data_files} if data_files else {}
-    windows = evaluation_windows(pile_sample(tokenizer, needed, **source), context, n_tokens)
-    rows = []
-    for name, step in progress([(n, s) for n in names for s in steps], desc="Pythia on the Pile", unit="checkpoint"):
-        loss = heldout_loss(load(name, step, "pythia", device=device), windows, batch_size=4)
-        rows.append({"model": name, "width": int(widths[name]), "step": step, "tokens": step * TOKENS_PER_STEP,
-                     "loss": loss})  # fmt: skip
-    return pd.DataFrame(rows)
+    return evaluation_windows(pile_sample(tokenizer, needed, **source), context, n_tokens)
 
 
-def heldout_losses(preset: str) -> pd.DataFrame:
-    """The live Figure 1a of a preset: the book's suite on its validation split (``tiny``), or Pythia on a
-    Pile sample (``pythia``). Columns ``model``, ``width``, ``step``, ``tokens``, ``loss``."""
-    return pythia_pile_losses() if preset == "pythia" else suite_heldout_losses(preset)
+def default_checkpoints(preset: str) -> list[tuple[str, int]]:
+    """What a preset measures: every checkpoint of the suite (``tiny``), or Figure 1a's Pythia checkpoints."""
+    from satlib.models import checkpoint_steps, suite_names
+
+    if preset == "pythia":
+        return [(model, step) for model in FIGURE_1A_MODELS for step in FIGURE_1A_STEPS]
+    return [(model, step) for model in suite_names(preset) for step in checkpoint_steps(model, preset)]
 
 
-def suite_heldout_losses(preset: str = "tiny") -> pd.DataFrame:
-    """Held-out loss of every checkpoint of every model of a preset's suite (the live Figure 1a).
-
-    Each value is computed once and cached beside its checkpoint (``heldout_loss.json``).
-
-    Returns:
-        Columns ``model``, ``width``, ``step``, ``tokens``, ``loss``.
-    """
-    from satlib.models import checkpoint_steps, load, model_path, suite_names, width_of
+def default_windows(preset: str) -> torch.Tensor:
+    """What a preset measures on: the corpus's validation split (``tiny``), or a Pile sample (``pythia``)."""
+    if preset == "pythia":
+        return pile_windows()
     from satlib.suite import suite_spec
     from satlib.tokenization import token_ids
 
     spec = suite_spec(preset)
-    windows = evaluation_windows(token_ids("validation", spec.vocab_size), spec.context, spec.eval_tokens)
+    return evaluation_windows(token_ids("validation", spec.vocab_size), spec.context, spec.eval_tokens)
+
+
+def _cached_measurement(folder: Path, name: str, key: dict, compute: Callable[[], object]) -> object:
+    """A checkpoint's measurement from ``<checkpoint>/measurements/<name>.json``, computed and written once."""
+    path = folder / "measurements" / f"{name}.json"
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record.get("key") == key:
+            return record["value"]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.")
+    with os.fdopen(handle, "w") as stream:
+        json.dump({"key": key, "value": value}, stream)
+    os.replace(temporary, path)
+    return value
+
+
+def measure(
+    preset: str = "tiny",
+    names: tuple[str, ...] = ("heldout_loss",),
+    checkpoints: list[tuple[str, int]] | None = None,
+    windows: torch.Tensor | None = None,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Measurements of many checkpoints, each computed once and cached beside the checkpoint (or in the cache).
+
+    Args:
+        preset: ``tiny`` (the book's suite) or ``pythia`` (the hub, or ``SATLIB_HUB_MIRROR``).
+        names: keys of :data:`MEASUREMENTS`.
+        checkpoints: (model, step) pairs; default :func:`default_checkpoints`.
+        windows: (n, context + 1) token ids to measure on; default :func:`default_windows`.
+        device: where models run.
+
+    Returns:
+        Columns ``model``, ``width``, ``step``, ``tokens`` and one per measurement (floats, or lists for
+        profiles and spectra).
+    """
+    from satlib.config import cache_dir
+    from satlib.data import TOKENS_PER_STEP, paper_values
+    from satlib.models import load, model_path
+
+    unknown = set(names) - set(MEASUREMENTS)
+    if unknown:
+        raise ValueError(f"unknown measurements {sorted(unknown)}: use {sorted(MEASUREMENTS)}")
+    checkpoints = default_checkpoints(preset) if checkpoints is None else checkpoints
+    windows = default_windows(preset) if windows is None else windows
+    key = {"windows": hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16], "anisotropy": ANISOTROPY_WINDOWS}
+    if preset == "pythia":
+        widths = paper_values("pythia_models").set_index("model").d_model.to_dict()
+        tokens_per_step = TOKENS_PER_STEP
+    else:
+        from satlib.suite import suite_spec
+
+        spec = suite_spec(preset)
+        widths = {model: spec.model_config(int(model.rsplit("-d", 1)[1])).hidden_size for model, _ in checkpoints}
+        tokens_per_step = spec.tokens_per_step
     rows = []
-    tasks = [(name, step) for name in suite_names(preset) for step in checkpoint_steps(name, preset)]
-    for name, step in progress(tasks, desc="held-out loss", unit="checkpoint", leave=False):
-        cache = model_path(name, step, preset) / "heldout_loss.json"
-        key = {"eval_tokens": spec.eval_tokens, "split": "validation"}
-        if cache.is_file() and json.loads(cache.read_text())["key"] == key:
-            loss = json.loads(cache.read_text())["loss"]
-        else:
-            loss = heldout_loss(load(name, step, preset), windows)
-            handle, temporary = tempfile.mkstemp(dir=cache.parent, prefix=".heldout.")
-            with os.fdopen(handle, "w") as stream:
-                json.dump({"key": key, "loss": loss}, stream)
-            os.replace(temporary, cache)
-        rows.append({"model": name, "width": width_of(name), "step": step, "tokens": step * spec.tokens_per_step,
-                     "loss": loss})  # fmt: skip
+    for model, step in progress(checkpoints, desc="measurements", unit="checkpoint", leave=False):
+        folder = cache_dir() / "measurements" / preset / model / f"step{step}"
+        if preset != "pythia":
+            folder = model_path(model, step, preset)
+        loaded: list[torch.nn.Module] = []  # load the checkpoint only if some measurement is not cached
+
+        def compute(name: str, model: str = model, step: int = step, loaded: list = loaded) -> object:
+            if not loaded:
+                loaded.append(load(model, step, preset, device=device))
+            return MEASUREMENTS[name](loaded[0], windows)
+
+        row = {"model": model, "width": int(widths[model]), "step": step, "tokens": step * tokens_per_step}
+        row |= {name: _cached_measurement(folder, name, key, lambda name=name: compute(name)) for name in names}
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def heldout_losses(preset: str = "tiny", **options: object) -> pd.DataFrame:
+    """The live Figure 1a of a preset: the book's suite on its validation split (``tiny``), or Pythia-14M to
+    410M on a Pile sample (``pythia``). Columns ``model``, ``width``, ``step``, ``tokens``, ``loss``."""
+    return measure(preset, ("heldout_loss",), **options).rename(columns={"heldout_loss": "loss"})

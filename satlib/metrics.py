@@ -121,12 +121,43 @@ def numerical_rank(matrix: Any, rtol: float | None = None) -> int:
     return int(np.sum(sigma > tolerance * sigma[0]))
 
 
+def frequency_alignment(head: Any, log_frequency: Any, k: int = 5) -> NDArray[np.float64]:
+    """Spearman correlation of each of the head's top-k singular directions with token log-frequency.
+
+    The paper (§4.2, discussion) hypothesises that after the spectrum collapses the dominant directions of the
+    head encode token frequency. For a head W = U S V^T of shape (V, d), the i-th direction's projection of the
+    tokens is ``U[:, i] * S[i]``; its rank correlation with ``log_frequency`` (shape (V,)) is returned, sign
+    removed (singular vectors have no sign), shape (k,).
+    """
+    from scipy.stats import spearmanr
+
+    matrix = _as_numpy(head)
+    frequency = _as_numpy(log_frequency)
+    if matrix.ndim != 2 or frequency.shape != (matrix.shape[0],):
+        raise ValueError(f"head must be (V, d) and log_frequency (V,), got {matrix.shape} and {frequency.shape}")
+    u, _, _ = np.linalg.svd(matrix, full_matrices=False)
+    return np.array([abs(spearmanr(u[:, i], frequency).statistic) for i in range(min(k, u.shape[1]))])
+
+
+def anisotropy_from_unit_sum(unit_sum: Any, count: int) -> float:
+    """Average pairwise cosine similarity of ``count`` unit vectors from their sum alone (paper §4.1).
+
+    ``sum_{i != j} cos(h_i, h_j) = ||sum_i u_i||^2 - n``, so a stream of batches only needs to keep the running
+    sum of its unit vectors, shape (d,). The result is clipped to the exact bounds ``[-1/(n-1), 1]`` to absorb
+    floating-point round-off.
+    """
+    if count < 2:
+        raise ValueError(f"anisotropy needs at least 2 vectors, got {count}")
+    total = float(np.square(np.linalg.norm(_as_numpy(unit_sum))))
+    value = (total - count) / (count * (count - 1))
+    return float(np.clip(value, -1.0 / (count - 1), 1.0))
+
+
 def anisotropy(hidden: Any) -> float:
     """Average cosine similarity over all distinct pairs of rows (paper §4.1).
 
-    Computed in O(n d) through the mean of unit vectors:
-    ``sum_{i != j} cos(h_i, h_j) = ||sum_i u_i||^2 - n`` with ``u_i = h_i / ||h_i||``.
-    The result lies in ``[-1/(n-1), 1]``: 1 for collinear rows, ``-1/(n-1)`` for a regular simplex.
+    Computed in O(n d) through the mean of unit vectors (:func:`anisotropy_from_unit_sum`). The result lies in
+    ``[-1/(n-1), 1]``: 1 for collinear rows, ``-1/(n-1)`` for a regular simplex.
 
     Args:
         hidden: shape (n, d), n >= 2 representations (e.g. last-layer hidden states of n tokens).
@@ -137,7 +168,4 @@ def anisotropy(hidden: Any) -> float:
     norms = np.linalg.norm(values, axis=1, keepdims=True)
     if np.any(norms == 0) or not np.all(np.isfinite(norms)):
         raise ValueError("hidden has a zero or non-finite row: cosine similarity is undefined for it")
-    n = values.shape[0]
-    total = np.square(np.linalg.norm((values / norms).sum(axis=0)))
-    value = (total - n) / (n * (n - 1))
-    return float(np.clip(value, -1.0 / (n - 1), 1.0))  # clip only float round-off at the exact bounds
+    return anisotropy_from_unit_sum((values / norms).sum(axis=0), values.shape[0])

@@ -329,22 +329,22 @@ def train_suite(preset: str = "tiny") -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m satlib.suite train [--preset tiny]``: train, then evaluate every checkpoint."""
+    """Command line: ``python -m satlib.suite train [--preset tiny]``: train, then measure every checkpoint."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m satlib.suite")
     parser.add_argument("command", choices=["train"])
     parser.add_argument("--preset", default="tiny")
     args = parser.parse_args(argv)
-    from satlib.evaluate import suite_heldout_losses
+    from satlib.evaluate import MEASUREMENTS, measure
 
     spec = suite_spec(args.preset)
     for folder in train_suite(args.preset):
         record = json.loads((folder / "complete.json").read_text())
         print(f"{folder.name}: {spec.steps * spec.tokens_per_step} tokens; last training run "
               f"{record.get('seconds_this_run')} s at {record.get('tokens_per_second')} tokens/s")  # fmt: skip
-    losses = suite_heldout_losses(args.preset)
-    print(losses.groupby("model", sort=False).loss.agg(["first", "min", "last"]).to_string())
+    measurements = measure(args.preset, tuple(MEASUREMENTS))  # every chapter then reads them from the cache
+    print(measurements.groupby("model", sort=False).heldout_loss.agg(["first", "min", "last"]).to_string())
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,22 @@ def load_tokenizer(vocab_size: int):  # noqa: ANN201 - transformers is imported 
     return PreTrainedTokenizerFast(tokenizer_file=str(train_bpe(vocab_size)), eos_token=END_OF_TEXT)
 
 
+def _encode_split(split: str, folder: Path, encode: Callable[[list[str]], list[list[int]]], end: int) -> NDArray:
+    """Encode a split once into ``<folder>/<split>.npy`` (documents joined by ``end``), under a lock."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{split}.npy"
+    with FileLock(str(folder / ".lock")):
+        if not path.is_file():
+            encoded = encode([d.text for d in documents(split)])
+            ids = np.concatenate([np.asarray([*e, end], dtype=np.uint32) for e in encoded])
+            ids = ids.astype(np.uint16) if ids.max() < 2**16 else ids
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{split}.", suffix=".npy")
+            with os.fdopen(handle, "wb") as stream:
+                np.save(stream, ids)
+            os.replace(temporary, path)
+    return np.load(path, mmap_mode="r")
+
+
 def token_ids(split: str, vocab_size: int) -> NDArray[np.uint16]:
     """All documents of ``split`` encoded with the BPE of ``vocab_size``, each followed by end-of-text.
 
@@ -72,17 +89,22 @@ def token_ids(split: str, vocab_size: int) -> NDArray[np.uint16]:
     """
     from tokenizers import Tokenizer
 
-    folder = tokenizer_dir(vocab_size)
-    path = folder / f"{split}.npy"
-    tokenizer_file = train_bpe(vocab_size)
-    with FileLock(str(folder / ".lock")):
-        if not path.is_file():
-            tokenizer = Tokenizer.from_file(str(tokenizer_file))
-            end = tokenizer.token_to_id(END_OF_TEXT)
-            encoded = tokenizer.encode_batch([d.text for d in documents(split)])
-            ids = np.concatenate([np.asarray([*e.ids, end], dtype=np.uint16) for e in encoded])
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{split}.", suffix=".npy")
-            with os.fdopen(handle, "wb") as stream:
-                np.save(stream, ids)
-            os.replace(temporary, path)
-    return np.load(path, mmap_mode="r")
+    tokenizer = Tokenizer.from_file(str(train_bpe(vocab_size)))
+    encode = lambda texts: [e.ids for e in tokenizer.encode_batch(texts)]  # noqa: E731
+    return _encode_split(split, tokenizer_dir(vocab_size), encode, tokenizer.token_to_id(END_OF_TEXT))
+
+
+def model_token_ids(name: str, split: str, preset: str = "tiny") -> NDArray:
+    """A split encoded with the tokenizer of a registry model (e.g. SmolLM2's 49,152 tokens), cached."""
+    from satlib.models import load_tokenizer
+
+    tokenizer = load_tokenizer(name, preset)
+    encode = lambda texts: tokenizer(texts, add_special_tokens=False).input_ids  # noqa: E731
+    end = tokenizer.eos_token_id
+    return _encode_split(split, cache_dir() / "tokenizers" / f"{name}-{CORPUS_VERSION}", encode, end)
+
+
+def unigram_log_frequencies(ids: NDArray, vocab_size: int) -> NDArray[np.float64]:
+    """Log relative frequency of each token id in ``ids`` (add-one smoothed), shape (vocab_size,)."""
+    counts = np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab_size)[:vocab_size] + 1.0
+    return np.log(counts / counts.sum())

@@ -121,3 +121,24 @@ def test_saturation_chapter_live_suite():
     assert values["live_final_last"] < 6.0  # far below the untrained log(4096) = 8.3 nats
     assert values["live_tpp_max"] < values["pythia14m_best_tpp"] / 100
     assert values["live_rising"] == "none of them" or values["live_max_rise"] > 0.01
+
+
+def test_anisotropy_chapter_numbers():
+    """The warm-up frequency phase is found, measured and not mistaken for saturation."""
+    values = glued_values(EXECUTED / "02_anisotropy.ipynb")
+    assert values["peak_anisotropy_min"] > 0.8  # every model passes through near-collinear representations
+    assert values["unigram_loss"] < values["peak_loss_min"] <= values["peak_loss_max"] < values["uniform_loss"]
+    assert values["late_max"] < values["peak_anisotropy_min"]
+    assert 0 <= values["final_last_layer_min"] <= values["final_last_layer_max"] < 1
+    assert -0.01 < values["smollm2_last_layer"] < 1
+    assert values["anisotropy_status"].startswith(("reproduced", "not reproduced at this scale"))
+
+
+def test_singular_values_chapter_numbers():
+    values = glued_values(EXECUTED / "03_singular_values.ipynb")
+    assert values["median_initial_min"] > 0.5 > values["median_final_max"]  # training steepens the spectrum
+    assert values["entropy1_final_max"] < values["entropy2_final_min"]  # sigma^2 weighs the top more
+    assert values["closer_power"] == "sigma"
+    assert 1 < values["smollm2_effective_rank"] <= 576
+    assert 0 <= values["alignment_final_min"] <= values["alignment_final_max"] <= 1
+    assert values["spectrum_status"].startswith(("reproduced", "not reproduced at this scale"))

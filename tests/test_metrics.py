@@ -119,3 +119,25 @@ def test_normalised_spectrum_and_numerical_rank():
     low_rank = rng.standard_normal((20, 3)) @ rng.standard_normal((3, 15))
     assert metrics.numerical_rank(low_rank) == 3
     assert metrics.numerical_rank(np.zeros((4, 4))) == 0
+
+
+def test_frequency_alignment_detects_a_frequency_direction():
+    rng = np.random.default_rng(0)
+    log_frequency = np.log(rng.zipf(1.5, 500).astype(float))
+    direction = (log_frequency - log_frequency.mean()) / np.linalg.norm(log_frequency - log_frequency.mean())
+    head = 10.0 * np.outer(direction, rng.standard_normal(8)) + 0.01 * rng.standard_normal((500, 8))
+    aligned = metrics.frequency_alignment(head, log_frequency, k=3)
+    assert aligned.shape == (3,) and aligned[0] > 0.95 > aligned[1]
+    assert metrics.frequency_alignment(rng.standard_normal((500, 8)), log_frequency, k=1)[0] < 0.2
+    with pytest.raises(ValueError, match="log_frequency"):
+        metrics.frequency_alignment(head, log_frequency[:10])
+
+
+def test_anisotropy_from_unit_sum_streams():
+    rng = np.random.default_rng(5)
+    hidden = rng.standard_normal((50, 6)) + 1.0
+    units = hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
+    streamed = metrics.anisotropy_from_unit_sum(units[:20].sum(0) + units[20:].sum(0), 50)
+    assert streamed == pytest.approx(naive_anisotropy(hidden), abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.anisotropy_from_unit_sum(units[0], 1)

@@ -104,15 +104,17 @@ def test_pythia_figure_1a_code_path_on_a_local_copy(tmp_path, monkeypatch):
         for step in (1000, 2000, 143000):
             torch.manual_seed(step)
             config = GPTNeoXConfig(vocab_size=4096, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=32, max_position_embeddings=64, tie_word_embeddings=False)  # fmt: skip
+                                   intermediate_size=32, max_position_embeddings=64)  # fmt: skip
             folder = tmp_path / "EleutherAI" / name / f"step{step}"
             GPTNeoXForCausalLM(config).save_pretrained(folder)
             tokenizer.save_pretrained(folder)
     pile = tmp_path / "pile.jsonl"
     pile.write_text("".join(json.dumps({"text": d.text}) + "\n" for d in corpus.documents("test")[:20]))
     monkeypatch.setenv(models.HUB_MIRROR_ENV, str(tmp_path))
-    losses = evaluate.pythia_pile_losses(("pythia-14m", "pythia-70m"), (1000, 2000), n_tokens=600, context=60,
-                                         data_files=str(pile))  # fmt: skip
+    monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "cache"))
+    windows = evaluate.pile_windows(n_tokens=600, context=60, data_files=str(pile))
+    checkpoints = [(name, step) for name in ("pythia-14m", "pythia-70m") for step in (1000, 2000)]
+    losses = evaluate.heldout_losses("pythia", checkpoints=checkpoints, windows=windows)
     assert list(losses.columns) == ["model", "width", "step", "tokens", "loss"]
     assert len(losses) == 4 and set(losses.width) == {128, 512}
     assert losses.tokens.tolist() == [1000 * 2_097_152, 2000 * 2_097_152] * 2
@@ -121,3 +123,24 @@ def test_pythia_figure_1a_code_path_on_a_local_copy(tmp_path, monkeypatch):
         from satlib.data import pile_sample
 
         pile_sample(tokenizer, 100)
+
+
+def test_anisotropy_profile_matches_naive_last_layer(mirror):
+    from satlib import metrics, tokenization
+
+    windows = evaluate.evaluation_windows(np.random.default_rng(1).integers(0, 96, 400), context=16, n_tokens=64)
+    profile = evaluate.anisotropy_profile(mirror, windows, batch_size=3)
+    assert profile.shape == (mirror.config.num_hidden_layers + 1,)
+    with torch.no_grad():
+        last = mirror.base_model(input_ids=windows[:, :-1]).last_hidden_state.reshape(-1, 16)
+        embeddings = mirror.base_model.embed_in(windows[:, :-1]).reshape(-1, 16)
+    assert profile[-1] == pytest.approx(metrics.anisotropy(last), abs=1e-6)
+    assert profile[0] == pytest.approx(metrics.anisotropy(embeddings), abs=1e-6)
+    log_frequency = tokenization.unigram_log_frequencies(np.array([0, 0, 1, 3]), 5)
+    np.testing.assert_allclose(np.exp(log_frequency).sum(), 1.0)
+    assert log_frequency[0] > log_frequency[1] > log_frequency[2]
+
+
+def test_unknown_measurement():
+    with pytest.raises(ValueError, match="unknown measurements"):
+        evaluate.measure("tiny", ("nope",))
