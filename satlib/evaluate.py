@@ -170,7 +170,7 @@ def measure(
     """
     from satlib.config import cache_dir
     from satlib.data import TOKENS_PER_STEP, paper_values
-    from satlib.models import load, model_path
+    from satlib.models import load, model_path, width_of
 
     unknown = set(names) - set(MEASUREMENTS)
     if unknown:
@@ -184,9 +184,8 @@ def measure(
     else:
         from satlib.suite import suite_spec
 
-        spec = suite_spec(preset)
-        widths = {model: spec.model_config(int(model.rsplit("-d", 1)[1])).hidden_size for model, _ in checkpoints}
-        tokens_per_step = spec.tokens_per_step
+        widths = {model: width_of(model) for model, _ in checkpoints}
+        tokens_per_step = suite_spec(preset).tokens_per_step
     rows = []
     for model, step in progress(checkpoints, desc="measurements", unit="checkpoint", leave=False):
         folder = cache_dir() / "measurements" / preset / model / f"step{step}"
@@ -209,3 +208,33 @@ def heldout_losses(preset: str = "tiny", **options: object) -> pd.DataFrame:
     """The live Figure 1a of a preset: the book's suite on its validation split (``tiny``), or Pythia-14M to
     410M on a Pile sample (``pythia``). Columns ``model``, ``width``, ``step``, ``tokens``, ``loss``."""
     return measure(preset, ("heldout_loss",), **options).rename(columns={"heldout_loss": "loss"})
+
+
+def training_landmarks(measurements: pd.DataFrame, value: str, loss: str = "heldout_loss") -> pd.DataFrame:
+    """Where a measurement jumps and peaks along training, and where the loss is lowest (paper Figure 3).
+
+    Args:
+        measurements: one row per checkpoint with ``model``, ``step``, ``tokens``, ``value`` and ``loss`` columns.
+        value: the measurement to follow (e.g. last-layer anisotropy).
+        loss: the loss column.
+
+    Returns:
+        One row per model (in order of appearance): step of the largest increase between consecutive
+        checkpoints, peak value with its step, tokens and loss, step of the lowest loss, and the maximum over the
+        last three quarters of training (the late phase where the paper sees saturation).
+    """
+    rows = {}
+    for model, group in measurements.groupby("model", sort=False):
+        group = group.sort_values("step").reset_index(drop=True)
+        peak = int(group[value].to_numpy().argmax())
+        late = group[group.tokens >= 0.25 * group.tokens.max()]
+        rows[model] = {
+            "largest jump at step": int(group.step[int(np.nanargmax(group[value].diff().to_numpy()))]),
+            "peak": float(group[value][peak]),
+            "peak at step": int(group.step[peak]),
+            "peak at tokens": int(group.tokens[peak]),
+            "loss at peak": float(group[loss][peak]),
+            "lowest loss at step": int(group.step[int(group[loss].to_numpy().argmin())]),
+            "late maximum": float(late[value].max()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")

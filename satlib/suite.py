@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -201,7 +202,7 @@ def model_dir(spec: SuiteSpec, width: int) -> Path:
     return cache_dir() / "suite" / f"{spec.preset}-{spec.key()}" / f"d{width}"
 
 
-def _save_atomically(directory: Path, write: callable) -> None:  # type: ignore[valid-type]
+def _save_atomically(directory: Path, write: Callable[[Path], None]) -> None:
     """Run ``write(tmp)`` into a temporary folder beside ``directory``, then rename it into place."""
     temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     write(temporary)

@@ -144,3 +144,17 @@ def test_anisotropy_profile_matches_naive_last_layer(mirror):
 def test_unknown_measurement():
     with pytest.raises(ValueError, match="unknown measurements"):
         evaluate.measure("tiny", ("nope",))
+
+
+def test_training_landmarks_on_a_known_curve():
+    import pandas as pd
+
+    steps = [0, 1, 2, 4, 8, 16]
+    values, losses = [0.1, 0.2, 0.9, 0.5, 0.3, 0.35], [8, 7, 6, 5, 4.5, 4.6]
+    frame = pd.DataFrame({"model": "m", "step": steps, "tokens": [s * 10 for s in steps], "value": values,
+                          "heldout_loss": losses})  # fmt: skip
+    landmarks = evaluate.training_landmarks(frame, "value").loc["m"]
+    assert landmarks["largest jump at step"] == 2 and landmarks["peak at step"] == 2
+    assert landmarks["peak"] == 0.9 and landmarks["loss at peak"] == 6
+    assert landmarks["lowest loss at step"] == 8
+    assert landmarks["late maximum"] == 0.5  # tokens >= 40: steps 4, 8, 16
