@@ -184,6 +184,17 @@ def setup(preset: str = "tiny", seed: int = 0) -> Preset:
     return chosen
 
 
+def write_atomically(path: Path, payload: str | bytes) -> None:
+    """Write ``payload`` to ``path`` through a temporary file renamed into place: readers never see half a file."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "wb") as stream:
+        stream.write(payload.encode("utf-8") if isinstance(payload, str) else payload)
+    os.replace(temporary, path)
+
+
 def progress(iterable: object = None, **kwargs: object):  # noqa: ANN201 - a tqdm bar
     """A tqdm progress bar shown on terminals only: quiet in notebooks and CI logs, whose outputs it would clutter.
 

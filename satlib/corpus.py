@@ -22,7 +22,6 @@ import ast
 import gzip
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from satlib.config import cache_dir
+from satlib.config import cache_dir, write_atomically
 
 CORPUS_VERSION = "v1"
 SPLITS = ("train", "validation", "test")
@@ -199,13 +198,6 @@ def _package_version(path: Path) -> str:
     return path.name.split("_")[1] if path.suffix == ".deb" else path.name.split("-")[1]
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-
-
 def build_corpus(directory: Path | None = None) -> Path:
     """Assemble the corpus (once; later calls return at once). Returns its folder.
 
@@ -240,8 +232,8 @@ def build_corpus(directory: Path | None = None) -> Path:
             })  # fmt: skip
         if not lines:
             raise RuntimeError("the corpus is empty: no source produced any document")
-        _write_atomically(folder / "documents.jsonl", "\n".join(lines) + "\n")
-        _write_atomically(folder / "manifest.json", json.dumps(manifest, indent=1))
+        write_atomically(folder / "documents.jsonl", "\n".join(lines) + "\n")
+        write_atomically(folder / "manifest.json", json.dumps(manifest, indent=1))
     return folder
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import urllib.request
 from functools import cache
 from pathlib import Path
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from satlib.config import cache_dir, data_dir, network_available, progress
+from satlib.config import cache_dir, data_dir, network_available, progress, write_atomically
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data_files"
 #: Pythia's repository at the commit the evaluation files were taken from (see ../shared/README.md).
@@ -65,13 +63,8 @@ def _sha256(path: Path) -> str:
 
 def _download(url: str, target: Path) -> None:
     """Fetch ``url`` into ``target`` atomically (a temporary file renamed into place)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     with urllib.request.urlopen(url, timeout=60) as response:
-        payload = response.read()
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(handle, "wb") as stream:
-        stream.write(payload)
-    os.replace(temporary, target)
+        write_atomically(target, response.read())
 
 
 def pythia_evals_dir(directory: Path | None = None, base_url: str = PYTHIA_EVALS_URL) -> Path:

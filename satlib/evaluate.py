@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
-from satlib.config import progress
+from satlib.config import progress, write_atomically
 from satlib.metrics import anisotropy_from_unit_sum, singular_values
 
 
@@ -44,7 +42,7 @@ def heldout_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int 
     for start in range(0, windows.shape[0], batch_size):
         batch = windows[start : start + batch_size].to(device)
         hidden = model.base_model(input_ids=batch[:, :-1]).last_hidden_state
-        logits = (hidden @ head.T).float()
+        logits = hidden.float() @ head.float().T  # float32 logits whatever the model's dtype
         losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
                                                    reduction="sum")  # fmt: skip
         total += float(losses)
@@ -140,11 +138,7 @@ def _cached_measurement(folder: Path, name: str, key: dict, compute: Callable[[]
         if record.get("key") == key:
             return record["value"]
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump({"key": key, "value": value}, stream)
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps({"key": key, "value": value}))
     return value
 
 
@@ -199,7 +193,10 @@ def measure(
             return MEASUREMENTS[name](loaded[0], windows)
 
         row = {"model": model, "width": int(widths[model]), "step": step, "tokens": step * tokens_per_step}
-        row |= {name: _cached_measurement(folder, name, key, lambda name=name: compute(name)) for name in names}
+        source = {"checkpoint": str(model_path(model, step, preset))} if preset == "pythia" else {}  # hub or mirror
+        row |= {
+            name: _cached_measurement(folder, name, key | source, lambda name=name: compute(name)) for name in names
+        }
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -226,7 +223,7 @@ def training_landmarks(measurements: pd.DataFrame, value: str, loss: str = "held
     rows = {}
     for model, group in measurements.groupby("model", sort=False):
         group = group.sort_values("step").reset_index(drop=True)
-        peak = int(group[value].to_numpy().argmax())
+        peak = int(np.nanargmax(group[value].to_numpy()))
         late = group[group.tokens >= 0.25 * group.tokens.max()]
         rows[model] = {
             "largest jump at step": int(group.step[int(np.nanargmax(group[value].diff().to_numpy()))]),
@@ -234,7 +231,7 @@ def training_landmarks(measurements: pd.DataFrame, value: str, loss: str = "held
             "peak at step": int(group.step[peak]),
             "peak at tokens": int(group.tokens[peak]),
             "loss at peak": float(group[loss][peak]),
-            "lowest loss at step": int(group.step[int(group[loss].to_numpy().argmin())]),
+            "lowest loss at step": int(group.step[int(np.nanargmin(group[loss].to_numpy()))]),
             "late maximum": float(late[value].max()),
         }
     return pd.DataFrame.from_dict(rows, orient="index")

@@ -1,7 +1,8 @@
 """The book's own model suite: small GPT-NeoX models trained on Pythia's recipe (paper §3, Biderman et al. 2023).
 
 Pythia's recipe at small scale: ``transformers.GPTNeoXForCausalLM`` with an untied output head, rotary
-embeddings on a quarter of each head, parallel residual; AdamW (0.9, 0.95, weight decay 0.01), gradient
+embeddings on a quarter of each head, parallel residual; AdamW (0.9, 0.95, weight decay 0.01 on every parameter,
+where GPT-NeoX exempts biases and layer norms: a simplification), gradient
 clipping at 1, linear warm-up over 1% of the steps then cosine decay to 10% of the peak rate; the same data
 order for every size; checkpoints at step 0, at powers of two, then evenly spaced, saved with
 ``save_pretrained`` (safetensors and config) so that a suite checkpoint loads like ``EleutherAI/pythia-*``.
@@ -30,7 +31,7 @@ import torch
 from filelock import FileLock
 from numpy.typing import NDArray
 
-from satlib.config import cache_dir, progress
+from satlib.config import cache_dir, progress, write_atomically
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,8 @@ def train_model(spec: SuiteSpec, width: int, train_ids: NDArray[np.uint16], stop
     with FileLock(str(folder / ".lock")):
         if (folder / "complete.json").is_file():
             return folder
+        with open(folder / "trainers.log", "a") as log:  # one line per process that trained (tests read it)
+            log.write(f"{os.getpid()}\n")
         torch.manual_seed(spec.seed)
         model = GPTNeoXForCausalLM(spec.model_config(width))
         optimizer = torch.optim.AdamW(
@@ -306,8 +309,6 @@ def train_model(spec: SuiteSpec, width: int, train_ids: NDArray[np.uint16], stop
                 _save_resume_point(folder, model, optimizer, step)
         bar.close()
         if step == spec.steps:
-            for point in folder.glob("resume-*"):
-                shutil.rmtree(point)
             seconds = time.perf_counter() - started
             record = {
                 "spec": asdict(spec),
@@ -316,7 +317,9 @@ def train_model(spec: SuiteSpec, width: int, train_ids: NDArray[np.uint16], stop
                 "seconds_this_run": round(seconds, 1),
                 "tokens_per_second": round((step - first_step) * spec.tokens_per_step / max(seconds, 1e-9)),
             }
-            (folder / "complete.json").write_text(json.dumps(record))
+            write_atomically(folder / "complete.json", json.dumps(record))  # first: a kill now loses nothing
+            for point in folder.glob("resume-*"):
+                shutil.rmtree(point)
     return folder
 
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import numpy as np
 from filelock import FileLock
 from numpy.typing import NDArray
 
-from satlib.config import cache_dir
+from satlib.config import cache_dir, write_atomically
 from satlib.corpus import CORPUS_VERSION, documents
 
 END_OF_TEXT = "<|endoftext|>"
@@ -75,10 +76,9 @@ def _encode_split(split: str, folder: Path, encode: Callable[[list[str]], list[l
             encoded = encode([d.text for d in documents(split)])
             ids = np.concatenate([np.asarray([*e, end], dtype=np.uint32) for e in encoded])
             ids = ids.astype(np.uint16) if ids.max() < 2**16 else ids
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{split}.", suffix=".npy")
-            with os.fdopen(handle, "wb") as stream:
-                np.save(stream, ids)
-            os.replace(temporary, path)
+            buffer = io.BytesIO()
+            np.save(buffer, ids)
+            write_atomically(path, buffer.getvalue())
     return np.load(path, mmap_mode="r")
 
 
