@@ -29,9 +29,11 @@ $(VENV)/.installed: requirements/ci.txt pyproject.toml
 	$(BIN)/python -m pip check
 	touch $@
 
-# The offline corpus, tokenizers and the tiny model suite: built once, cached in .cache/ (resumable).
+# The offline corpus, tokenizers, the tiny model suite and its measurements, SmolLM2-135M: built once, cached in
+# .cache/ (resumable).
 suite: setup
 	$(BIN)/python -m satlib.suite train --preset tiny
+	$(BIN)/python -m satlib.models prepare
 
 execute: suite
 	$(BIN)/python -m satlib.build execute --jobs $(JOBS) --timeout $(TIMEOUT) $(if $(PARAMS),--parameters $(PARAMS))

