@@ -72,8 +72,14 @@ def load_parameters(path: Path | None) -> dict:
     return values
 
 
-def execute_notebook(notebook: Path, output: Path, parameters: dict, timeout: float, log_dir: Path) -> Execution:
-    """Execute one notebook with papermill in a subprocess, killing it (and its kernel) after ``timeout``."""
+def execute_notebook(
+    notebook: Path, output: Path, parameters: dict, timeout: float, log_dir: Path, threads: int | None = None
+) -> Execution:
+    """Execute one notebook with papermill in a subprocess, killing it (and its kernel) after ``timeout``.
+
+    ``threads`` caps the kernel's OpenMP/BLAS threads: notebooks run side by side must share the cores, and
+    oversubscribed PyTorch threads spin and slow everything down.
+    """
     output.parent.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     parameter_file = log_dir / f"{notebook.stem}.parameters.yaml"
@@ -84,6 +90,8 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict, timeout: fl
         "--parameters_file", str(parameter_file),
     ]  # fmt: skip
     env = dict(os.environ, PYTHONHASHSEED="0")
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads)
     if get_preset(parameters.get("PRESET", "tiny")).offline:
         env.update(HF_OFFLINE_VARIABLES)
     start = time.perf_counter()
@@ -110,9 +118,11 @@ def execute_all(
     notebooks: list[Path], out_dir: Path, parameters: dict, jobs: int, timeout: float, log_dir: Path
 ) -> list[Execution]:
     """Execute every notebook, ``jobs`` at a time; all are attempted whatever fails."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(notebooks))))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [
-            pool.submit(execute_notebook, nb, out_dir / nb.name, parameters, timeout, log_dir) for nb in notebooks
+            pool.submit(execute_notebook, nb, out_dir / nb.name, parameters, timeout, log_dir, threads)
+            for nb in notebooks
         ]
         results = []
         for future in futures:

@@ -129,6 +129,7 @@ def test_anisotropy_chapter_numbers():
     assert values["peak_anisotropy_min"] > 0.8  # every model passes through near-collinear representations
     assert values["unigram_loss"] < values["peak_loss_min"] <= values["peak_loss_max"] < values["uniform_loss"]
     assert values["late_max"] < values["peak_anisotropy_min"]
+    assert 1 <= values["jump_step_min"] <= values["jump_step_max"] <= 120  # the jump is in the first tenth
     assert 0 <= values["final_last_layer_min"] <= values["final_last_layer_max"] < 1
     assert -0.01 < values["smollm2_last_layer"] < 1
     assert values["anisotropy_status"].startswith(("reproduced", "not reproduced at this scale"))
