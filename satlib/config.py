@@ -20,6 +20,7 @@ import random
 import socket
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,6 +194,19 @@ def write_atomically(path: Path, payload: str | bytes) -> None:
     with os.fdopen(handle, "wb") as stream:
         stream.write(payload.encode("utf-8") if isinstance(payload, str) else payload)
     os.replace(temporary, path)
+
+
+def write_directory_atomically(directory: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` into a temporary folder beside ``directory``, then rename it into place."""
+    import shutil
+    import tempfile
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    write(temporary)
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(temporary, directory)
 
 
 def progress(iterable: object = None, **kwargs: object):  # noqa: ANN201 - a tqdm bar

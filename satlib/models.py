@@ -41,7 +41,7 @@ def smollm2_dir() -> Path:
 
     from filelock import FileLock
 
-    from satlib.config import cache_dir
+    from satlib.config import cache_dir, write_directory_atomically
 
     folder = cache_dir() / "pretrained" / SMOLLM2
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -74,10 +74,12 @@ def smollm2_dir() -> Path:
         model.hf_quantizer = None  # the weights are dequantised: save them as plain float32 tensors
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{SMOLLM2}."))
-        model.save_pretrained(temporary, safe_serialization=True)
-        tokenizer.save_pretrained(temporary)
-        os.replace(temporary, folder)
+
+        def write(temporary: Path) -> None:
+            model.save_pretrained(temporary, safe_serialization=True)
+            tokenizer.save_pretrained(temporary)
+
+        write_directory_atomically(folder, write)
     return folder
 
 

@@ -20,9 +20,7 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import torch
 from filelock import FileLock
 from numpy.typing import NDArray
 
-from satlib.config import cache_dir, progress, write_atomically
+from satlib.config import cache_dir, progress, write_atomically, write_directory_atomically
 
 
 @dataclass(frozen=True)
@@ -203,15 +201,6 @@ def model_dir(spec: SuiteSpec, width: int) -> Path:
     return cache_dir() / "suite" / f"{spec.preset}-{spec.key()}" / f"d{width}"
 
 
-def _save_atomically(directory: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` into a temporary folder beside ``directory``, then rename it into place."""
-    temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    write(temporary)
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(temporary, directory)
-
-
 def _save_resume_point(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
     from safetensors.torch import save_file
 
@@ -229,7 +218,7 @@ def _save_resume_point(folder: Path, model: torch.nn.Module, optimizer: torch.op
         save_file(moments, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step}))
 
-    _save_atomically(folder / f"resume-{step:07d}", write)
+    write_directory_atomically(folder / f"resume-{step:07d}", write)
     for older in folder.glob("resume-*"):
         if older.name != f"resume-{step:07d}" and not older.name.startswith("."):
             shutil.rmtree(older)
@@ -284,8 +273,9 @@ def train_model(spec: SuiteSpec, width: int, train_ids: NDArray[np.uint16], stop
         tokens = torch.from_numpy(np.array(train_ids, dtype=np.int64))
         offsets = torch.arange(spec.context + 1)
         bar = progress(total=spec.steps, initial=step, desc=f"{spec.preset} d={width}", unit="step", leave=False)
+        save_checkpoint = lambda tmp: model.save_pretrained(tmp, safe_serialization=True)  # noqa: E731
         if step == 0:
-            _save_atomically(folder / "step0", lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+            write_directory_atomically(folder / "step0", save_checkpoint)
         model.train()
         started, first_step = time.perf_counter(), step
         while step < spec.steps and (stop_after is None or step < stop_after):
@@ -303,9 +293,7 @@ def train_model(spec: SuiteSpec, width: int, train_ids: NDArray[np.uint16], stop
             step += 1
             bar.update(1)
             if step in checkpoints:
-                _save_atomically(
-                    folder / f"step{step}", lambda tmp: model.save_pretrained(tmp, safe_serialization=True)
-                )
+                write_directory_atomically(folder / f"step{step}", save_checkpoint)
                 _save_resume_point(folder, model, optimizer, step)
         bar.close()
         if step == spec.steps:

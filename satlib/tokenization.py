@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,10 +51,7 @@ def train_bpe(vocab_size: int) -> Path:
             show_progress=False,
         )
         tokenizer.train_from_iterator((d.text for d in documents("train")), trainer=trainer)
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tokenizer.")
-        os.close(handle)
-        tokenizer.save(temporary)
-        os.replace(temporary, path)
+        write_atomically(path, tokenizer.to_str(pretty=True))
     return path
 
 
