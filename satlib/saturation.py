@@ -111,13 +111,16 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def run(specs: list[LongRunSpec], snapshot: Path = SNAPSHOT, threads: int | None = None) -> dict:
+def run(
+    specs: list[LongRunSpec], snapshot: Path = SNAPSHOT, threads: int | None = None, widths: tuple[int, ...] = ()
+) -> dict:
     """Train every long run (resuming any that was interrupted), measure each checkpoint, write the snapshot.
 
     Args:
         specs: the runs (:func:`long_runs`).
         snapshot: where the JSON snapshot is written (atomically).
         threads: torch threads; default :func:`threads_for_load`.
+        widths: train and measure only these widths of each run (default all); the others keep their cache key.
 
     Returns:
         The snapshot: ``provenance`` and ``rows`` (one per run, width and checkpoint).
@@ -138,7 +141,7 @@ def run(specs: list[LongRunSpec], snapshot: Path = SNAPSHOT, threads: int | None
         train_ids = token_ids("train", spec.vocab_size)
         validation = evaluation_windows(token_ids("validation", spec.vocab_size), spec.context, SAMPLE_TOKENS)
         training = evaluation_windows(train_ids, spec.context, SAMPLE_TOKENS)
-        for width in spec.widths:
+        for width in [w for w in spec.widths if not widths or w in widths]:
             folder = train_model(spec, width, train_ids)
             record = json.loads((folder / "complete.json").read_text())
             training_seconds[f"{spec.schedule}-d{width}"] = record["seconds_this_run"]
@@ -228,11 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--steps", type=int, default=7000, help="optimisation steps per model (32 x 128 tokens)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the idle cores)")
+    parser.add_argument("--widths", type=int, nargs="*", default=[], help="only these widths (default: 4 and 8)")
     parser.add_argument("--snapshot", type=Path, default=SNAPSHOT)
     args = parser.parse_args(argv)
     if args.steps < 100:
         raise SystemExit(f"--steps {args.steps} is too short to show anything: use at least 100 (default 7000)")
-    run(long_runs(args.steps), args.snapshot, args.threads)
+    run(long_runs(args.steps), args.snapshot, args.threads, tuple(args.widths))
     table, provenance = load_snapshot(args.snapshot)
     print(saturation_verdict(table).to_string())
     print(f"snapshot: {args.snapshot} ({provenance['wall_seconds']} s)")
