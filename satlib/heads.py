@@ -1,0 +1,382 @@
+"""Rank-constrained LM heads on frozen backbones (paper §5.1 and Appendix B.1, Figures 6, 8 and 9).
+
+The paper freezes a trained model, replaces its head by ``W = A B`` of inner rank r (A: V x r, B: r x d),
+trains only A and B, and finds that performance degrades as soon as r falls below about 1,000 even for
+backbones much wider than that: the head, not the backbone, is the bottleneck.
+
+The backbone is frozen, so its final hidden states (what the head reads) are computed once and cached
+(:func:`backbone_features`); every (rank, learning rate) run of a sweep then trains on the cached features
+(:func:`rank_sweep`). ``benchmarks/bench_heads.py`` measures what this saves against rerunning the backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from numpy.typing import NDArray
+
+from satlib.config import cache_dir, progress, write_atomically
+
+
+@dataclass(frozen=True)
+class HeadTraining:
+    """How each rank-constrained head is trained (Appendix B.1: Adam, a peak rate searched per rank).
+
+    Attributes:
+        epochs: passes over the cached training features.
+        batch_tokens: hidden states per optimisation step.
+        warmup_fraction: linear warm-up, then cosine decay to 10% of the peak rate.
+        init: ``random`` (a new head, as in the paper) or ``svd`` (A B starts as the best rank-r approximation of
+            the model's own head, Eckart–Young–Mirsky: a cheaper start when the budget is a few thousand tokens).
+        seed: seeds the initialisation and the order of the features.
+    """
+
+    epochs: int = 2
+    batch_tokens: int = 1024
+    warmup_fraction: float = 0.05
+    init: str = "random"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.init not in ("random", "svd"):
+            raise ValueError(f"unknown init {self.init!r}: use 'random' or 'svd'")
+        if self.epochs < 1 or self.batch_tokens < 1:
+            raise ValueError("epochs and batch_tokens must be at least 1")
+
+
+class LowRankHead(torch.nn.Module):
+    """A linear LM head constrained to rank r: ``logits = h Bᵀ Aᵀ`` with A (V, r) and B (r, d) (paper §5.1)."""
+
+    def __init__(self, vocab_size: int, width: int, rank: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if not 1 <= rank <= min(vocab_size, width):
+            raise ValueError(f"rank must be in [1, min(V, d) = {min(vocab_size, width)}], got {rank}")
+        # Each factor scaled so that logits start with the variance of a standard linear head (std 0.02).
+        self.A = torch.nn.Parameter(torch.randn(vocab_size, rank, generator=generator) * math.sqrt(0.02 / rank))
+        self.B = torch.nn.Parameter(torch.randn(rank, width, generator=generator) * math.sqrt(0.02))
+
+    @classmethod
+    def from_head(cls, weight: torch.Tensor, rank: int) -> LowRankHead:
+        """The best rank-r approximation of a (V, d) head, split as A = U Σ^½, B = Σ^½ Vᵀ (Eckart–Young–Mirsky)."""
+        head = cls(weight.shape[0], weight.shape[1], rank)
+        u, s, vt = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+        root = s[:rank].sqrt()
+        with torch.no_grad():
+            head.A.copy_((u[:, :rank] * root).to(head.A.dtype))
+            head.B.copy_((root[:, None] * vt[:rank]).to(head.B.dtype))
+        return head
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[1]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., d) hidden states to (..., V) logits, without forming the V x d product."""
+        return (hidden @ self.B.T) @ self.A.T
+
+    def weight(self) -> torch.Tensor:
+        """The (V, d) matrix A B."""
+        return self.A @ self.B
+
+
+@torch.no_grad()
+def backbone_features(
+    model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 16, device: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the LM head reads: final hidden states (after the final norm) and the tokens they must predict.
+
+    Args:
+        model: a ``transformers`` causal LM (its device and dtype are used; ``device`` overrides the batches').
+        windows: (n, context + 1) token ids.
+
+    Returns:
+        features (n x context, d) float32 on the CPU, targets (n x context,) int64.
+    """
+    device = device or str(next(model.parameters()).device)
+    features = []
+    for start in range(0, windows.shape[0], batch_size):
+        batch = windows[start : start + batch_size, :-1].to(device)
+        hidden = model.base_model(input_ids=batch).last_hidden_state
+        features.append(hidden.reshape(-1, hidden.shape[-1]).float().cpu())
+    return torch.cat(features), windows[:, 1:].reshape(-1).clone()
+
+
+def spread_windows(token_ids: NDArray, context: int, n_tokens: int, offset: int = 0) -> torch.Tensor:
+    """Windows of ``context + 1`` tokens spread evenly over the whole stream (not only its start), deterministic.
+
+    ``offset`` shifts every window (use different offsets for disjoint samples of one split).
+    """
+    ids = np.asarray(token_ids)
+    count = -(-n_tokens // context)
+    stride = (len(ids) - context - 1 - offset) // max(count, 1)
+    if stride < context + 1:
+        raise ValueError(f"{len(ids)} tokens are too few for {count} disjoint windows of {context + 1}")
+    starts = offset + stride * np.arange(count)
+    return torch.from_numpy(np.stack([ids[s : s + context + 1] for s in starts]).astype(np.int64))
+
+
+def _cosine_rate(peak: float, step: int, steps: int, warmup_fraction: float) -> float:
+    warmup = max(1, round(warmup_fraction * steps))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    fraction = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * fraction)))
+
+
+def train_low_rank_head(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_size: int,
+    rank: int,
+    learning_rate: float,
+    training: HeadTraining = HeadTraining(),
+    original_head: torch.Tensor | None = None,
+    device: str = "cpu",
+) -> LowRankHead:
+    """Train a rank-``rank`` head on frozen features with Adam (paper Appendix B.1).
+
+    Args:
+        features: (N, d) hidden states; targets: (N,) next tokens.
+        vocab_size: V.
+        rank: inner rank r of ``A B``.
+        learning_rate: peak rate of the warm-up + cosine schedule.
+        training: epochs, batch size, initialisation, seed.
+        original_head: (V, d), needed when ``training.init == "svd"``.
+        device: where the head trains (features move there one batch at a time).
+    """
+    generator = torch.Generator().manual_seed(training.seed)
+    if training.init == "svd":
+        if original_head is None:
+            raise ValueError("init='svd' starts from the model's own head: pass original_head")
+        head = LowRankHead.from_head(original_head, rank)
+    else:
+        head = LowRankHead(vocab_size, features.shape[1], rank, generator)
+    head = head.to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate, betas=(0.9, 0.95))
+    per_epoch = -(-features.shape[0] // training.batch_tokens)
+    steps = training.epochs * per_epoch
+    step = 0
+    for _ in range(training.epochs):
+        order = torch.randperm(features.shape[0], generator=generator)
+        for start in range(0, features.shape[0], training.batch_tokens):
+            picked = order[start : start + training.batch_tokens]
+            for group in optimizer.param_groups:
+                group["lr"] = _cosine_rate(learning_rate, step, steps, training.warmup_fraction)
+            logits = head(features[picked].to(device))
+            loss = torch.nn.functional.cross_entropy(logits, targets[picked].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    return head.eval()
+
+
+@torch.no_grad()
+def evaluate_head(
+    head: torch.nn.Module | torch.Tensor, features: torch.Tensor, targets: torch.Tensor, batch_tokens: int = 4096
+) -> tuple[float, float]:
+    """Mean next-token loss (nats) and accuracy of a head (a module, or a (V, d) weight) on cached features."""
+    device = head.device if isinstance(head, torch.Tensor) else next(head.parameters()).device
+    apply = (lambda h: h @ head.T) if isinstance(head, torch.Tensor) else head
+    total, correct = 0.0, 0
+    for start in range(0, features.shape[0], batch_tokens):
+        logits = apply(features[start : start + batch_tokens].to(device)).float()
+        expected = targets[start : start + batch_tokens].to(device)
+        total += float(torch.nn.functional.cross_entropy(logits, expected, reduction="sum"))
+        correct += int((logits.argmax(-1) == expected).sum())
+    return total / features.shape[0], correct / features.shape[0]
+
+
+def rank_sweep(
+    train: tuple[torch.Tensor, torch.Tensor],
+    validation: tuple[torch.Tensor, torch.Tensor],
+    vocab_size: int,
+    ranks: list[int],
+    learning_rates: list[float],
+    training: HeadTraining = HeadTraining(),
+    original_head: torch.Tensor | None = None,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Train one head per (rank, learning rate) on cached features; mark each rank's best rate (Figures 6 and 9).
+
+    Returns:
+        Columns ``rank``, ``learning_rate``, ``loss``, ``accuracy`` (validation) and ``chosen`` (the rate with
+        the lowest validation loss for that rank, as the paper's search picks it).
+    """
+    rows = []
+    configurations = [(rank, rate) for rank in ranks for rate in learning_rates]
+    for rank, rate in progress(configurations, desc="rank-constrained heads", unit="head", leave=False):
+        head = train_low_rank_head(*train, vocab_size, rank, rate, training, original_head, device)
+        loss, accuracy = evaluate_head(head, *validation)
+        rows.append({"rank": rank, "learning_rate": rate, "loss": loss, "accuracy": accuracy})
+    table = pd.DataFrame(rows)
+    table["chosen"] = False
+    table.loc[table.groupby("rank").loss.idxmin(), "chosen"] = True
+    return table
+
+
+@dataclass(frozen=True)
+class HeadExperiment:
+    """One backbone's experiment: which model, which data, which sweep (a preset's defaults in :data:`EXPERIMENTS`).
+
+    Attributes:
+        model: a name of :func:`satlib.models.model_names`; step None = the last checkpoint.
+        ranks: inner ranks r (up to the backbone's width d).
+        learning_rates: the peak rates searched for each rank.
+        train_tokens, eval_tokens: hidden states the heads train and are evaluated on.
+        context: tokens per window when computing features.
+    """
+
+    model: str
+    ranks: tuple[int, ...]
+    learning_rates: tuple[float, ...]
+    train_tokens: int
+    eval_tokens: int
+    context: int = 128
+    training: HeadTraining = HeadTraining()
+    step: int | None = None
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+#: Each preset's head experiments. ``tiny``: the largest suite model (trained from scratch, as the paper) and
+#: SmolLM2-135M (V = 49,152, d = 576; from its own head's truncation, since a few thousand CPU tokens cannot
+#: train a 49,152-row head from scratch). ``pythia``: Pythia-410M on a Pile sample (the paper used ~150M tokens;
+#: cached features of that size do not fit in memory, so the default is 1M).
+EXPERIMENTS: dict[str, list[HeadExperiment]] = {
+    "tiny": [
+        HeadExperiment(
+            "tiny-d128",
+            (2, 4, 8, 16, 32, 64, 128),
+            (3e-3, 1e-2, 3e-2),
+            131_072,
+            16_384,
+            training=HeadTraining(epochs=1),
+        ),
+        HeadExperiment(
+            "smollm2-135m",
+            (32, 128, 576),
+            (1e-4, 1e-3),
+            8_192,
+            4_096,
+            training=HeadTraining(epochs=1, batch_tokens=256, init="svd"),
+        ),
+    ],
+    "pythia": [
+        HeadExperiment(
+            "pythia-410m",
+            (32, 64, 128, 256, 512, 1024),
+            (1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2),
+            1_000_000,
+            100_000,
+            context=2048,
+            training=HeadTraining(epochs=1, batch_tokens=8192),
+        ),
+    ],
+}
+
+
+def experiment_windows(
+    experiment: HeadExperiment, preset: str, pile_files: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and validation windows of an experiment: the corpus's splits (``tiny``), or two disjoint parts
+    of one Pile sample (``pythia``; ``pile_files``, a local JSON Lines file, replaces the streamed Pile)."""
+    from satlib.models import SMOLLM2
+
+    if preset == "pythia":
+        from satlib.evaluate import pile_windows
+
+        windows = pile_windows(experiment.train_tokens + experiment.eval_tokens, experiment.context, pile_files)
+        split = -(-experiment.train_tokens // experiment.context)
+        return windows[:split], windows[split:]
+    from satlib.suite import suite_spec
+    from satlib.tokenization import model_token_ids, token_ids
+
+    def ids(split: str) -> NDArray:
+        if experiment.model == SMOLLM2:
+            return model_token_ids(SMOLLM2, split, preset)
+        return token_ids(split, suite_spec(preset).vocab_size)
+
+    return (spread_windows(ids("train"), experiment.context, experiment.train_tokens),
+            spread_windows(ids("validation"), experiment.context, experiment.eval_tokens))  # fmt: skip
+
+
+def cached_features(
+    experiment: HeadExperiment, preset: str, device: str = "cpu", dtype: str = "float32", pile_files: str | None = None
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Train and validation features of an experiment's backbone, and its own head: computed once, cached.
+
+    Stored as safetensors under ``<cache>/heads/<preset>/<model>-<key>/features.safetensors`` (atomically).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from satlib.models import load
+
+    path = _experiment_dir(experiment, preset) / "features.safetensors"
+    if not path.is_file():
+        model = load(experiment.model, experiment.step, preset, device=device, dtype=dtype)
+        train_windows, validation_windows = experiment_windows(experiment, preset, pile_files)
+        train = backbone_features(model, train_windows)
+        validation = backbone_features(model, validation_windows)
+        head = model.get_output_embeddings().weight.detach().float().cpu()
+        tensors = {"train_features": train[0], "train_targets": train[1], "validation_features": validation[0],
+                   "validation_targets": validation[1], "head": head}  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary))
+        temporary.replace(path)
+    tensors = load_file(str(path))
+    return ((tensors["train_features"], tensors["train_targets"]),
+            (tensors["validation_features"], tensors["validation_targets"]), tensors["head"])  # fmt: skip
+
+
+def _experiment_dir(experiment: HeadExperiment, preset: str) -> Path:
+    return cache_dir() / "heads" / preset / f"{experiment.model}-{experiment.key()}"
+
+
+def run_experiment(
+    experiment: HeadExperiment, preset: str, device: str = "cpu", dtype: str = "float32", pile_files: str | None = None
+) -> pd.DataFrame:
+    """An experiment's sweep (cached as JSON beside its features), with the backbone's own head as reference.
+
+    Returns:
+        :func:`rank_sweep`'s table plus ``model``, ``width``, ``w_error`` (of the backbone's own head at rank r,
+        Figure 8), ``truncated_loss`` (the backbone's own head truncated to rank r, untrained), and a last row
+        with ``rank`` = d, ``learning_rate`` NaN and ``original`` True: the model's own head on the same features.
+    """
+    from satlib.metrics import singular_values, w_error
+
+    results = _experiment_dir(experiment, preset) / "sweep.json"
+    train, validation, head = cached_features(experiment, preset, device, dtype, pile_files)
+    if results.is_file():
+        table = pd.read_json(results, orient="records")
+    else:
+        table = rank_sweep(train, validation, head.shape[0], list(experiment.ranks), list(experiment.learning_rates),
+                           experiment.training, head, device)  # fmt: skip
+        table["truncated_loss"] = [evaluate_head(LowRankHead.from_head(head, r), *validation)[0] for r in table["rank"]]
+        loss, accuracy = evaluate_head(head, *validation)
+        own = {"rank": head.shape[1], "learning_rate": float("nan"), "loss": loss, "accuracy": accuracy,
+               "truncated_loss": loss}  # fmt: skip
+        table = pd.concat([table.assign(original=False), pd.DataFrame([own | {"chosen": True, "original": True}])])
+        write_atomically(results, table.to_json(orient="records"))
+    sigma = singular_values(head)
+    table["w_error"] = [w_error(sigma, min(int(r), sigma.size)) for r in table["rank"]]
+    return table.assign(model=experiment.model, width=head.shape[1]).reset_index(drop=True)
+
+
+def rank_constrained_heads(
+    preset: str = "tiny", device: str = "cpu", dtype: str = "float32", pile_files: str | None = None
+) -> pd.DataFrame:
+    """Every head experiment of a preset (:data:`EXPERIMENTS`), one table (Figures 6, 8 and 9)."""
+    if preset not in EXPERIMENTS:
+        raise ValueError(f"no head experiments for preset {preset!r}: use one of {sorted(EXPERIMENTS)}")
+    tables = [run_experiment(e, preset, device, dtype, pile_files) for e in EXPERIMENTS[preset]]
+    return pd.concat(tables, ignore_index=True)

@@ -1,0 +1,132 @@
+"""satlib.heads: low-rank heads against Eckart–Young, training on a known low-rank target, the pythia code path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from satlib import heads, metrics
+
+
+def test_full_rank_from_head_reproduces_the_head():
+    weight = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    head = heads.LowRankHead.from_head(weight, 8)
+    torch.testing.assert_close(head.weight(), weight, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rank", [1, 3, 6])
+def test_truncated_head_is_eckart_young(rank):
+    weight = torch.randn(40, 6, generator=torch.Generator().manual_seed(rank), dtype=torch.float64)
+    head = heads.LowRankHead.from_head(weight, rank).double()
+    error = torch.linalg.norm(weight - head.weight().detach()) / torch.linalg.norm(weight)
+    assert float(error) == pytest.approx(metrics.w_error(metrics.singular_values(weight), rank), abs=1e-6)
+    hidden = torch.randn(5, 6, dtype=torch.float64)
+    torch.testing.assert_close(head(hidden), hidden @ head.weight().T)
+
+
+def test_rank_must_fit():
+    with pytest.raises(ValueError, match="rank must be in"):
+        heads.LowRankHead(10, 4, 5)
+    with pytest.raises(ValueError, match="unknown init"):
+        heads.HeadTraining(init="zeros")
+    with pytest.raises(ValueError, match="original_head"):
+        heads.train_low_rank_head(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), 5, 2, 1e-3,
+                                  heads.HeadTraining(init="svd"))  # fmt: skip
+
+
+def test_evaluate_head_matches_naive_loss_and_accuracy():
+    generator = torch.Generator().manual_seed(1)
+    features, weight = torch.randn(300, 8, generator=generator), torch.randn(20, 8, generator=generator)
+    targets = torch.randint(0, 20, (300,), generator=generator)
+    loss, accuracy = heads.evaluate_head(weight, features, targets, batch_tokens=64)
+    logits = features @ weight.T
+    assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, targets)), rel=1e-5)
+    assert accuracy == pytest.approx(float((logits.argmax(1) == targets).float().mean()))
+    module = heads.LowRankHead.from_head(weight, 8)
+    assert heads.evaluate_head(module, features, targets)[0] == pytest.approx(loss, rel=1e-4)
+
+
+def synthetic_task(rank: int, seed: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Targets sampled from softmax(h Wᵀ) with a true head W of the given rank."""
+    generator = torch.Generator().manual_seed(seed)
+    true_head = 3 * torch.randn(30, rank, generator=generator) @ torch.randn(rank, 10, generator=generator) / rank
+    features = torch.randn(6000, 10, generator=generator)
+    probabilities = torch.softmax(features @ true_head.T, dim=1)
+    return (features, torch.multinomial(probabilities, 1, generator=generator).ravel()), true_head
+
+
+def test_training_recovers_a_low_rank_target_and_rank_one_cannot():
+    (features, targets), true_head = synthetic_task(rank=2)
+    train, validation = (features[:5000], targets[:5000]), (features[5000:], targets[5000:])
+    training = heads.HeadTraining(epochs=8, batch_tokens=250)
+    sweep = heads.rank_sweep(train, validation, 30, [1, 2, 10], [3e-3, 3e-2], training)
+    best = sweep[sweep.chosen].set_index("rank").loss
+    optimum = heads.evaluate_head(true_head, *validation)[0]
+    assert best[2] < best[1] - 0.05  # rank 1 cannot express a rank-2 head
+    assert best[2] == pytest.approx(optimum, abs=0.05)  # rank 2 reaches the true head's loss
+    assert best[10] == pytest.approx(optimum, abs=0.08)
+    assert sweep.groupby("rank").chosen.sum().tolist() == [1, 1, 1]
+    for _, group in sweep.groupby("rank"):
+        assert group.loss[group.chosen].item() == group.loss.min()
+    again = heads.rank_sweep(train, validation, 30, [1], [3e-2], training)
+    assert again.loss.item() == sweep.query("rank == 1 and learning_rate == 3e-2").loss.item()  # seeded
+
+
+def small_model() -> GPTNeoXForCausalLM:
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=32, tie_word_embeddings=False)  # fmt: skip
+    return GPTNeoXForCausalLM(config).eval()
+
+
+def test_backbone_features_are_what_the_head_reads():
+    model = small_model()
+    windows = torch.randint(0, 64, (5, 9))
+    features, targets = heads.backbone_features(model, windows, batch_size=2)
+    assert features.shape == (40, 16) and targets.tolist() == windows[:, 1:].reshape(-1).tolist()
+    with torch.no_grad():
+        logits = model(windows[:, :-1]).logits.reshape(-1, 64)
+    torch.testing.assert_close(features @ model.get_output_embeddings().weight.T, logits, atol=1e-5, rtol=1e-5)
+
+
+def test_spread_windows_cover_the_stream_disjointly():
+    ids = np.arange(1000)
+    windows = heads.spread_windows(ids, context=9, n_tokens=45)
+    assert windows.shape == (5, 10)
+    assert windows[0, 0] == 0 and windows[-1, 0] > 700  # spread, not only the start
+    assert len(set(windows.ravel().tolist())) == windows.numel()
+    with pytest.raises(ValueError, match="too few"):
+        heads.spread_windows(np.arange(30), context=9, n_tokens=40)
+
+
+def test_pythia_preset_head_experiment_on_a_local_copy(tmp_path, monkeypatch):
+    """The pythia preset: a hub model (a local mirror here) on a Pile sample (a local JSON Lines file)."""
+    from satlib import corpus, models, tokenization
+
+    tokenizer = tokenization.load_tokenizer(4096)
+    for name, step in (("pythia-14m", 143000), ("pythia-410m", 143000)):
+        torch.manual_seed(len(name))
+        config = GPTNeoXConfig(vocab_size=4096, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=64, tie_word_embeddings=False)  # fmt: skip
+        folder = tmp_path / "EleutherAI" / name / f"step{step}"
+        GPTNeoXForCausalLM(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    pile = tmp_path / "pile.jsonl"
+    pile.write_text("".join(json.dumps({"text": d.text}) + "\n" for d in corpus.documents("test")[:30]))
+    monkeypatch.setenv(models.HUB_MIRROR_ENV, str(tmp_path))
+    monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "cache"))
+    experiment = heads.HeadExperiment("pythia-410m", (2, 16), (1e-2,), 1024, 512, context=32,
+                                      training=heads.HeadTraining(epochs=1, batch_tokens=256))  # fmt: skip
+    monkeypatch.setitem(heads.EXPERIMENTS, "pythia", [experiment])
+    table = heads.rank_constrained_heads("pythia", pile_files=str(pile))
+    assert table["rank"].tolist() == [2, 16, 16] and table.original.tolist() == [False, False, True]
+    assert set(table.model) == {"pythia-410m"} and set(table.width) == {16}
+    assert np.all(table.loss < np.log(4096) + 0.5) and table.w_error.iloc[-1] == 0.0
+    cached = heads.rank_constrained_heads("pythia", pile_files=str(pile))  # from the cache: same numbers
+    np.testing.assert_allclose(cached.loss, table.loss)
+    with pytest.raises(ValueError, match="no head experiments"):
+        heads.rank_constrained_heads("paper")

@@ -1,0 +1,98 @@
+"""satlib.ngram against hand-counted n-grams and numpy.linalg.svd."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from satlib import metrics, ngram
+
+
+def naive_ngram_rows(ids: list[int], n: int) -> dict[tuple[int, ...], dict[int, float]]:
+    following: dict[tuple[int, ...], Counter] = defaultdict(Counter)
+    for i in range(len(ids) - n + 1):
+        following[tuple(ids[i : i + n - 1])][ids[i + n - 1]] += 1
+    return {c: {t: k / sum(f.values()) for t, k in f.items()} for c, f in following.items()}
+
+
+def test_hand_counted_trigram_matrix():
+    ids = [0, 1, 2, 0, 1, 3, 0, 1, 2]  # context (0, 1) is followed by 2, 3, 2
+    result = ngram.ngram_matrix(ids, n=3, vocab_size=5)
+    assert result.observed_contexts == 5  # (0,1) (1,2) (2,0) (1,3) (3,0)
+    first = result.matrix[0].toarray().ravel()
+    assert tuple(result.contexts[0]) == (0, 1) and result.counts[0] == 3
+    np.testing.assert_allclose(first, [0, 0, 2 / 3, 1 / 3, 0])
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_matrix_matches_naive_counts(n):
+    ids = np.random.default_rng(n).integers(0, 7, size=400).tolist()
+    result = ngram.ngram_matrix(ids, n=n, vocab_size=7)
+    naive = naive_ngram_rows(ids, n)
+    assert result.n_contexts == result.observed_contexts == len(naive)
+    np.testing.assert_allclose(result.matrix.sum(axis=1), 1.0)
+    for row, context in enumerate(result.contexts):
+        expected = np.zeros(7)
+        for token, probability in naive[tuple(context)].items():
+            expected[token] = probability
+        np.testing.assert_allclose(result.matrix[row].toarray().ravel(), expected)
+    assert np.all(np.diff(result.counts) <= 0)  # most frequent first
+
+
+def test_max_contexts_keeps_the_most_frequent():
+    ids = [1, 2] * 50 + [3, 4, 5]
+    result = ngram.ngram_matrix(ids, n=2, max_contexts=2)
+    assert result.n_contexts == 2 and result.observed_contexts == 4  # 1, 2, 3, 4 (5 is never followed)
+    assert result.counts.tolist() == [50, 50] and result.contexts.ravel().tolist() == [1, 2]
+    np.testing.assert_allclose(result.matrix[1].toarray().ravel(), [0, 49 / 50, 0, 1 / 50, 0, 0])
+
+
+@pytest.mark.parametrize("method", ["gram", "svds"])
+@pytest.mark.parametrize("shape", [(30, 50), (60, 20)])
+def test_w_error_curve_matches_dense_svd(method, shape):
+    rng = np.random.default_rng(sum(shape))
+    dense = rng.random(shape) * (rng.random(shape) < 0.2)
+    sigma = np.linalg.svd(dense, compute_uv=False)
+    expected = metrics.w_error_curve(sigma)
+    curve = ngram.sparse_w_error_curve(scipy.sparse.csr_matrix(dense), method=method)
+    np.testing.assert_allclose(curve, expected, atol=1e-6)
+    partial = ngram.sparse_w_error_curve(scipy.sparse.csr_matrix(dense), d_max=7, method=method)
+    np.testing.assert_allclose(partial, expected[:8], atol=1e-6)
+
+
+def test_leading_values_of_a_real_ngram_matrix():
+    ids = np.random.default_rng(3).zipf(1.5, size=3000) % 40
+    matrix = ngram.ngram_matrix(ids, n=3, vocab_size=40).matrix
+    dense_sigma = np.linalg.svd(matrix.toarray(), compute_uv=False)
+    for method in ("gram", "svds", "auto"):
+        np.testing.assert_allclose(ngram.leading_singular_values(matrix, 10, method), dense_sigma[:10], atol=1e-6)
+    assert ngram.frobenius_norm(matrix) == pytest.approx(np.linalg.norm(matrix.toarray()))
+
+
+def test_rank_is_bounded_by_contexts():
+    ids = np.random.default_rng(4).integers(0, 50, size=5000)
+    curve = ngram.sparse_w_error_curve(ngram.ngram_matrix(ids, n=3, vocab_size=50, max_contexts=10).matrix)
+    assert curve.shape == (11,) and curve[-1] == pytest.approx(0.0, abs=1e-7)
+    assert ngram.dimension_at(curve, 0.0 + 1e-6) <= 10
+    assert ngram.dimension_at([1.0, 0.8], 0.5) is None
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: ngram.ngram_matrix([1, 2, 3], n=1), "n must be"),
+        (lambda: ngram.ngram_matrix([1, 2], n=3), "too few"),
+        (lambda: ngram.ngram_matrix([1, 9, 2], n=2, vocab_size=5), "vocab_size"),
+        (lambda: ngram.ngram_matrix([[1, 2]], n=2), "1-D"),
+        (lambda: ngram.ngram_matrix([1, 2, 3], n=2, max_contexts=0), "max_contexts"),
+        (lambda: ngram.leading_singular_values(np.eye(3), 4), "k must be"),
+        (lambda: ngram.leading_singular_values(np.eye(3), 2, "qr"), "unknown method"),
+        (lambda: ngram.sparse_w_error_curve(np.eye(3), d_max=0), "d_max"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
