@@ -380,3 +380,22 @@ def rank_constrained_heads(
         raise ValueError(f"no head experiments for preset {preset!r}: use one of {sorted(EXPERIMENTS)}")
     tables = [run_experiment(e, preset, device, dtype, pile_files) for e in EXPERIMENTS[preset]]
     return pd.concat(tables, ignore_index=True)
+
+
+def degradation_onset(ranks: list[int], losses: list[float], w_errors: list[float], tolerance: float = 0.02) -> dict:
+    """Where a rank-constrained head starts to lose: the largest rank whose loss exceeds the full-rank loss by more
+    than ``tolerance`` (relative), and the W-error of the original head at that rank (paper Figure 8).
+
+    Args:
+        ranks, losses, w_errors: one entry per trained rank; the largest rank is the reference.
+
+    Returns:
+        ``rank``, ``w_error`` and ``relative_loss`` at the onset (None values when no rank degrades).
+    """
+    order = np.argsort(ranks)[::-1]
+    reference = losses[order[0]]
+    for index in order:
+        relative = losses[index] / reference
+        if relative > 1 + tolerance:
+            return {"rank": int(ranks[index]), "w_error": float(w_errors[index]), "relative_loss": float(relative)}
+    return {"rank": None, "w_error": None, "relative_loss": None}

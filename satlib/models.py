@@ -146,6 +146,21 @@ def model_path(name: str, step: int | None = None, preset: str = "tiny") -> Path
     return folder / f"step{step}"
 
 
+def training_tokens(name: str, preset: str = "tiny") -> int | None:
+    """Tokens a registry model was trained on at its last checkpoint (None for SmolLM2: 2T by its authors)."""
+    _check_name(name, preset)
+    if name == SMOLLM2:
+        return None
+    if preset == "pythia":
+        from satlib.data import TOKENS_PER_STEP
+
+        return checkpoint_steps(name, preset)[-1] * TOKENS_PER_STEP
+    from satlib.suite import suite_spec
+
+    spec = suite_spec(preset)
+    return spec.steps * spec.tokens_per_step
+
+
 def load_tokenizer(name: str, preset: str = "tiny"):  # noqa: ANN201
     """The tokenizer that goes with a registry model (the corpus BPE for the suite)."""
     _check_name(name, preset)

@@ -167,3 +167,61 @@ def dimension_at(curve: ArrayLike, threshold: float) -> int | None:
     """Smallest d with W-error(d) <= ``threshold``, or None if the curve never gets there."""
     below = np.flatnonzero(np.asarray(curve) <= threshold)
     return int(below[0]) if below.size else None
+
+
+#: Tokenizers of the corpus whose n-gram matrices the book compares: the project's BPEs and SmolLM2's.
+TOKENIZERS = ("bpe-4096", "bpe-8192", "smollm2-135m")
+
+
+def corpus_token_ids(tokenizer: str, split: str = "train") -> tuple[NDArray, int]:
+    """A split of the book's corpus encoded by one of :data:`TOKENIZERS`, and that tokenizer's vocabulary size."""
+    from satlib.tokenization import model_token_ids, token_ids
+
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}: use one of {list(TOKENIZERS)}")
+    if tokenizer.startswith("bpe-"):
+        vocab_size = int(tokenizer.removeprefix("bpe-"))
+        return token_ids(split, vocab_size), vocab_size
+    from satlib.models import load_tokenizer
+
+    return model_token_ids(tokenizer, split), len(load_tokenizer(tokenizer))
+
+
+def context_sweep(ngrams: NgramMatrix, context_counts: list[int]) -> dict[int, NDArray[np.float64]]:
+    """W-error curves of an n-gram matrix restricted to its C most frequent contexts, for each C.
+
+    The rows of :func:`ngram_matrix` are ordered by frequency, so the first C rows are those contexts.
+
+    Returns:
+        ``{C: curve}``, each curve of length min(C, V) + 1 (C capped at the rows available).
+    """
+    return {
+        min(count, ngrams.n_contexts): sparse_w_error_curve(ngrams.matrix[: min(count, ngrams.n_contexts)])
+        for count in context_counts
+    }
+
+
+def corpus_w_error_curves(tokenizer: str, context_counts: list[int], n: int = 5) -> dict[int, NDArray[np.float64]]:
+    """:func:`context_sweep` of the corpus's training split under one of :data:`TOKENIZERS`, cached per C.
+
+    Each curve is stored as ``<cache>/ngram/<tokenizer>-<corpus version>-n<n>-C<C>.npy`` (atomically); the
+    matrix is built only when some curve is missing.
+    """
+    import io
+
+    from satlib.config import cache_dir, write_atomically
+    from satlib.corpus import CORPUS_VERSION
+
+    folder = cache_dir() / "ngram"
+    paths = {count: folder / f"{tokenizer}-{CORPUS_VERSION}-n{n}-C{count}.npy" for count in context_counts}
+    missing = [count for count, path in paths.items() if not path.is_file()]
+    if missing:
+        ids, vocab_size = corpus_token_ids(tokenizer)
+        ngrams = ngram_matrix(ids, n, vocab_size, max_contexts=max(missing))
+        if ngrams.n_contexts < max(missing):
+            raise ValueError(f"the corpus has only {ngrams.n_contexts} contexts for {tokenizer}: ask for fewer")
+        for count, curve in context_sweep(ngrams, missing).items():
+            buffer = io.BytesIO()
+            np.save(buffer, curve)
+            write_atomically(paths[count], buffer.getvalue())
+    return {count: np.load(path) for count, path in paths.items()}

@@ -143,3 +143,27 @@ def test_singular_values_chapter_numbers():
     assert 1 < values["smollm2_effective_rank"] <= 576
     assert 0 <= values["alignment_final_min"] <= values["alignment_final_max"] <= 1
     assert values["spectrum_status"].startswith(("reproduced", "not reproduced at this scale"))
+
+
+def test_rank_constrained_heads_chapter_numbers():
+    """Figures 6, 8, 9 at small scale: loss falls with rank, rates shrink with rank, onset measured on both sides."""
+    values = glued_values(EXECUTED / "04_rank_constrained_heads.ipynb")
+    assert values["suite_loss_min_rank"] > values["suite_loss_full"] > values["suite_own_loss"] - 0.5
+    assert values["suite_relative_quarter"] >= values["suite_relative_half"] >= 0.99
+    assert values["onset_paper_rank"] == 1024 and values["onset_paper_w"] == pytest.approx(0.56)
+    assert 0 <= values["onset_suite_w"] <= values["suite_max_w"] <= 1
+    assert values["smol_truncated"] > values["smol_full"] and values["smol_trained"] > values["smol_full"]
+    assert values["token_ratio"] > 1
+    assert values["heads_status"] in ("reproduced", "partly reproduced", "not reproduced at this scale")
+
+
+def test_ngram_chapter_numbers():
+    """Figure 7 on the corpus: the dimension needed is bounded by C and grows with it."""
+    values = glued_values(EXECUTED / "05_ngram_dimensionality.ipynb")
+    for tokenizer in ("bpe_4096", "bpe_8192", "smollm2_135m"):
+        assert 0 < values[f"d05_{tokenizer}"] < values[f"d01_{tokenizer}"] <= values["n_contexts"]
+    assert values["smol_d01_first"] < values["smol_d01_last"] <= values["c_last"]
+    assert 0 < values["slope_min"] <= values["slope_max"] <= 1.05  # rank bound: d <= C
+    assert 0 < values["singletons_min"] <= values["singletons_max"] < 100
+    assert values["contexts_4096"] > values["n_contexts"]
+    assert values["ngram_status"] in ("partly reproduced", "not reproduced at this scale")

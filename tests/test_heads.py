@@ -130,3 +130,12 @@ def test_pythia_preset_head_experiment_on_a_local_copy(tmp_path, monkeypatch):
     np.testing.assert_allclose(cached.loss, table.loss)
     with pytest.raises(ValueError, match="no head experiments"):
         heads.rank_constrained_heads("paper")
+
+
+def test_degradation_onset_on_the_papers_figure_8():
+    from satlib.data import paper_values
+
+    figure = paper_values("fig8_werror_vs_loss")
+    onset = heads.degradation_onset(figure.d.tolist(), figure.loss.tolist(), figure.w_error.tolist())
+    assert onset["rank"] == 1024 and onset["w_error"] == pytest.approx(0.56)  # 2.537 / 2.474 = 1.025
+    assert heads.degradation_onset([1, 2], [1.0, 1.0], [0.5, 0.0])["rank"] is None

@@ -68,6 +68,12 @@ def test_missing_and_corrupted_checkpoints(mirror, tmp_path):
         models.load("pythia-70m", 1000, preset="pythia")
 
 
+def test_training_tokens():
+    assert models.training_tokens("tiny-d16") == 1200 * 16 * 128
+    assert models.training_tokens("pythia-70m", "pythia") == 143_000 * 2_097_152
+    assert models.training_tokens("smollm2-135m") is None
+
+
 def test_registry_names_and_steps():
     assert models.suite_names("tiny") == ["tiny-d16", "tiny-d32", "tiny-d64", "tiny-d128"]
     assert models.model_names("pythia")[-1] == "smollm2-135m"

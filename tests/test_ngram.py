@@ -80,6 +80,16 @@ def test_rank_is_bounded_by_contexts():
     assert ngram.dimension_at([1.0, 0.8], 0.5) is None
 
 
+def test_context_sweep_slices_the_most_frequent_rows():
+    ids = np.random.default_rng(5).zipf(1.3, size=4000) % 30
+    full = ngram.ngram_matrix(ids, n=3, vocab_size=30)
+    sweep = ngram.context_sweep(full, [5, 20, 10**6])
+    assert sorted(sweep) == [5, 20, full.n_contexts]
+    direct = ngram.ngram_matrix(ids, n=3, vocab_size=30, max_contexts=20).matrix
+    np.testing.assert_allclose(sweep[20], ngram.sparse_w_error_curve(direct), atol=1e-9)
+    assert len(sweep[5]) == 6 and len(sweep[full.n_contexts]) == 31
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
@@ -96,3 +106,21 @@ def test_rank_is_bounded_by_contexts():
 def test_bad_input_is_a_one_line_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_unknown_tokenizer():
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        ngram.corpus_token_ids("gpt2")
+
+
+def test_corpus_curves_are_cached_and_equal_to_a_direct_computation(tmp_path, monkeypatch):
+    monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path))
+    ids = np.random.default_rng(6).zipf(1.3, size=3000) % 50
+    calls = []
+    monkeypatch.setattr(ngram, "corpus_token_ids", lambda tokenizer: calls.append(tokenizer) or (ids, 50))
+    first = ngram.corpus_w_error_curves("bpe-4096", [10, 30], n=3)
+    again = ngram.corpus_w_error_curves("bpe-4096", [10, 30], n=3)
+    assert calls == ["bpe-4096"]  # the second call reads the cache
+    direct = ngram.sparse_w_error_curve(ngram.ngram_matrix(ids, n=3, vocab_size=50, max_contexts=30).matrix)
+    np.testing.assert_allclose(again[30], direct, atol=1e-9)
+    np.testing.assert_array_equal(first[10], again[10])
