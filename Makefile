@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: book test setup suite execute html lint freeze clean
+.PHONY: book test setup suite execute html lint freeze clean long-run
 
 book: execute html
 
@@ -34,6 +34,11 @@ $(VENV)/.installed: requirements/ci.txt pyproject.toml
 suite: setup
 	$(BIN)/python -m satlib.suite train --preset tiny
 	$(BIN)/python -m satlib.models prepare
+
+# The long-run saturation experiment (about an hour and a half on 2 cores, resumable): rewrites the frozen snapshot
+# satlib/data_files/snapshots/long_run.json that chapters 01 and 03 draw. Never part of `make book`.
+long-run: setup
+	$(BIN)/python -m satlib.saturation run $(LONG_RUN_ARGS)
 
 execute: suite
 	$(BIN)/python -m satlib.build execute --jobs $(JOBS) --timeout $(TIMEOUT) $(if $(PARAMS),--parameters $(PARAMS))

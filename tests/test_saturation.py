@@ -1,0 +1,60 @@
+"""satlib.saturation: schedules, the verdict on known curves, and the committed snapshot's completeness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from satlib import saturation
+
+
+def test_schedules():
+    cosine, constant = saturation.long_runs(steps=1000)
+    assert (cosine.schedule, constant.schedule) == ("cosine", "constant")
+    assert cosine.key() != constant.key()  # separate caches
+    assert constant.learning_rate(0) == pytest.approx(constant.peak_lr / 10)  # 10 warm-up steps
+    assert constant.learning_rate(10) == constant.learning_rate(999) == constant.peak_lr
+    assert cosine.learning_rate(999) == pytest.approx(0.1 * cosine.peak_lr, rel=1e-3)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        saturation.LongRunSpec("long", (4,), schedule="linear")
+    assert 1 <= saturation.threads_for_load()
+
+
+def curve_table(heldout: list[float], train: list[float], anisotropy: list[float] | None = None) -> pd.DataFrame:
+    steps = np.arange(len(heldout)) * 100
+    anisotropy = anisotropy or [0.3] * len(heldout)
+    return pd.DataFrame({"run": "cosine d=4", "step": steps, "tokens_per_parameter": steps * 0.1,
+                         "heldout_loss": heldout, "train_loss": train, "last_anisotropy": anisotropy,
+                         "singular_entropy": [0.5] * len(heldout)})  # fmt: skip
+
+
+def test_verdict_on_known_curves():
+    falling = saturation.saturation_verdict(curve_table([5, 4, 3.5, 3.4], [5, 4, 3.5, 3.4])).iloc[0]
+    assert not falling.saturated and not falling.overfitting and falling["lowest held-out loss at step"] == 300
+    rising = saturation.saturation_verdict(curve_table([5, 4, 3.5, 3.6], [5, 4, 3.5, 3.6], [0.3, 0.3, 0.3, 0.9]))
+    assert rising.iloc[0].saturated and rising.iloc[0]["anisotropy jumped"]
+    assert rising.iloc[0]["held-out rise after minimum"] == pytest.approx(0.1)
+    overfit = saturation.saturation_verdict(curve_table([5, 4, 3.5, 3.6], [5, 4, 3.4, 3.0])).iloc[0]
+    assert overfit.overfitting and not overfit.saturated
+
+
+def test_missing_snapshot_names_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make long-run"):
+        saturation.load_snapshot(tmp_path / "none.json")
+
+
+def test_committed_snapshot_is_complete_and_has_provenance():
+    table, provenance = saturation.load_snapshot()
+    for field in ("command", "commit", "date", "machine", "wall_seconds", "specs"):
+        assert provenance[field], field
+    assert provenance["command"].startswith("python -m satlib.saturation run")
+    for spec in provenance["specs"]:
+        expected = saturation.LongRunSpec(**{**spec, "widths": tuple(spec["widths"])}).checkpoint_steps()
+        for width, group in table[table.schedule == spec["schedule"]].groupby("width"):
+            assert group.step.tolist() == expected, f"{spec['schedule']} d={width}: checkpoints missing"
+    assert table.heldout_loss.between(0, 9).all() and table.train_loss.between(0, 9).all()
+    assert table.last_anisotropy.between(-0.05, 1.0).all()
+    assert json.loads(saturation.SNAPSHOT.read_text())["rows"][0]["step"] == 0
