@@ -136,7 +136,7 @@ def run(
     started = time.perf_counter()
     threads = threads_for_load() if threads is None else threads
     torch.set_num_threads(threads)
-    rows, training_seconds = [], {}
+    rows, training_records = [], {}
     for spec in specs:
         train_ids = token_ids("train", spec.vocab_size)
         validation = evaluation_windows(token_ids("validation", spec.vocab_size), spec.context, SAMPLE_TOKENS)
@@ -144,7 +144,10 @@ def run(
         for width in [w for w in spec.widths if not widths or w in widths]:
             folder = train_model(spec, width, train_ids)
             record = json.loads((folder / "complete.json").read_text())
-            training_seconds[f"{spec.schedule}-d{width}"] = record["seconds_this_run"]
+            training_records[f"{spec.schedule}-d{width}"] = {
+                "seconds_last_session": record["seconds_this_run"],
+                "tokens_per_second_last_session": record["tokens_per_second"],
+            }
             parameters = sum(p.numel() for p in GPTNeoXForCausalLM(spec.model_config(width)).parameters())
             for step in progress(spec.checkpoint_steps(), desc=f"measure {spec.schedule} d={width}", leave=False):
                 values = measure_checkpoint(model_dir(spec, width) / f"step{step}", validation, training)
@@ -157,7 +160,7 @@ def run(
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}; torch {torch.__version__}, "
         f"{threads} thread(s)",
         "wall_seconds": round(time.perf_counter() - started),
-        "training_seconds_last_session": training_seconds,
+        "training": training_records,  # from each model's completion record (a resumed run records its last session)
         "specs": [asdict(spec) for spec in specs],
         "sample_tokens": SAMPLE_TOKENS,
         "train_split_tokens": (len(token_ids("train", specs[0].vocab_size))),
@@ -219,6 +222,31 @@ def saturation_verdict(table: pd.DataFrame, tolerance: float = 0.01, jump: float
             "singular entropy jumped": bool(
                 after.singular_entropy.max() > (1 + jump) * group.singular_entropy.iloc[best]
             ),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def spectrum_phases(table: pd.DataFrame) -> pd.DataFrame:
+    """The phases of the head's singular entropy along each run (paper Figure 5), one row per run.
+
+    An untrained head is nearly flat (entropy near 0). The warm-up frequency phase steepens it (an early
+    *peak*); training then flattens it to a *minimum*; a saturating model's spectrum then collapses (the entropy
+    rises again, tenfold in the paper). The minimum is searched after the peak; ``rebound`` is the final value
+    over that minimum.
+    """
+    rows = {}
+    for run_name, group in table[table.step > 0].groupby("run", sort=False):
+        group = group.sort_values("step").reset_index(drop=True)
+        peak = int(group.singular_entropy.idxmax())
+        after = group.iloc[peak:]
+        low = int(after.singular_entropy.idxmin())
+        rows[run_name] = {
+            "peak": float(group.singular_entropy[peak]),
+            "peak at tokens per parameter": float(group.tokens_per_parameter[peak]),
+            "minimum after the peak": float(group.singular_entropy[low]),
+            "minimum at tokens per parameter": float(group.tokens_per_parameter[low]),
+            "final": float(group.singular_entropy.iloc[-1]),
+            "rebound": float(group.singular_entropy.iloc[-1] / group.singular_entropy[low]),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
 

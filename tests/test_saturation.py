@@ -41,6 +41,15 @@ def test_verdict_on_known_curves():
     assert overfit.overfitting and not overfit.saturated
 
 
+def test_spectrum_phases_find_peak_minimum_and_rebound():
+    table = curve_table([8, 7, 6, 5, 4.9, 4.8], [8, 7, 6, 5, 4.9, 4.8])
+    table["singular_entropy"] = [0.001, 0.8, 0.3, 0.1, 0.15, 0.2]  # flat, frequency phase, flattening, re-steepening
+    phases = saturation.spectrum_phases(table).iloc[0]
+    assert phases.peak == 0.8 and phases["minimum after the peak"] == 0.1
+    assert phases["minimum at tokens per parameter"] == pytest.approx(30.0)
+    assert phases.rebound == pytest.approx(2.0)
+
+
 def test_missing_snapshot_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="make long-run"):
         saturation.load_snapshot(tmp_path / "none.json")
@@ -48,7 +57,7 @@ def test_missing_snapshot_names_the_command(tmp_path):
 
 def test_committed_snapshot_is_complete_and_has_provenance():
     table, provenance = saturation.load_snapshot()
-    for field in ("command", "commit", "date", "machine", "wall_seconds", "specs"):
+    for field in ("command", "commit", "date", "machine", "wall_seconds", "specs", "training"):
         assert provenance[field], field
     assert provenance["command"].startswith("python -m satlib.saturation run")
     for spec in provenance["specs"]:
