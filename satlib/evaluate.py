@@ -6,17 +6,13 @@ real Pythia checkpoints on a Pile sample: it only needs a ``transformers`` causa
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable
-from pathlib import Path
+from concurrent.futures import Executor
 
 import numpy as np
 import pandas as pd
 import torch
 from numpy.typing import NDArray
 
-from satlib.config import progress, write_atomically
 from satlib.metrics import anisotropy_from_unit_sum, singular_values
 
 
@@ -130,48 +126,41 @@ def default_windows(preset: str) -> torch.Tensor:
     return evaluation_windows(token_ids("validation", spec.vocab_size), spec.context, spec.eval_tokens)
 
 
-def _cached_measurement(folder: Path, name: str, key: dict, compute: Callable[[], object]) -> object:
-    """A checkpoint's measurement from ``<checkpoint>/measurements/<name>.json``, computed and written once."""
-    path = folder / "measurements" / f"{name}.json"
-    if path.is_file():
-        record = json.loads(path.read_text())
-        if record.get("key") == key:
-            return record["value"]
-    value = compute()
-    write_atomically(path, json.dumps({"key": key, "value": value}))
-    return value
-
-
 def measure(
     preset: str = "tiny",
     names: tuple[str, ...] = ("heldout_loss",),
     checkpoints: list[tuple[str, int]] | None = None,
     windows: torch.Tensor | None = None,
     device: str = "cpu",
+    dtype: str = "float32",
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
-    """Measurements of many checkpoints, each computed once and cached beside the checkpoint (or in the cache).
+    """Measurements of many checkpoints through :func:`satlib.sweep.sweep`, each computed once and kept in the
+    result store (``<cache>/results``).
 
     Args:
         preset: ``tiny`` (the book's suite) or ``pythia`` (the hub, or ``SATLIB_HUB_MIRROR``).
         names: keys of :data:`MEASUREMENTS`.
         checkpoints: (model, step) pairs; default :func:`default_checkpoints`.
         windows: (n, context + 1) token ids to measure on; default :func:`default_windows`.
-        device: where models run.
+        device, dtype: where and in which precision models run.
+        executor: a ``concurrent.futures.Executor`` for the sweep (a process pool, a dask cluster, Slurm);
+            None measures here, one checkpoint after another.
 
     Returns:
         Columns ``model``, ``width``, ``step``, ``tokens`` and one per measurement (floats, or lists for
         profiles and spectra).
     """
-    from satlib.config import cache_dir
     from satlib.data import TOKENS_PER_STEP, paper_values
-    from satlib.models import load, model_path, width_of
+    from satlib.models import width_of
+    from satlib.sweep import sweep, tasks_for
 
     unknown = set(names) - set(MEASUREMENTS)
     if unknown:
         raise ValueError(f"unknown measurements {sorted(unknown)}: use {sorted(MEASUREMENTS)}")
     checkpoints = default_checkpoints(preset) if checkpoints is None else checkpoints
     windows = default_windows(preset) if windows is None else windows
-    key = {"windows": hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16], "anisotropy": ANISOTROPY_WINDOWS}
+    table = sweep(tasks_for(preset, tuple(names), checkpoints), windows, executor=executor, device=device, dtype=dtype)
     if preset == "pythia":
         widths = paper_values("pythia_models").set_index("model").d_model.to_dict()
         tokens_per_step = TOKENS_PER_STEP
@@ -180,25 +169,9 @@ def measure(
 
         widths = {model: width_of(model) for model, _ in checkpoints}
         tokens_per_step = suite_spec(preset).tokens_per_step
-    rows = []
-    for model, step in progress(checkpoints, desc="measurements", unit="checkpoint", leave=False):
-        folder = cache_dir() / "measurements" / preset / model / f"step{step}"
-        if preset != "pythia":
-            folder = model_path(model, step, preset)
-        loaded: list[torch.nn.Module] = []  # load the checkpoint only if some measurement is not cached
-
-        def compute(name: str, model: str = model, step: int = step, loaded: list = loaded) -> object:
-            if not loaded:
-                loaded.append(load(model, step, preset, device=device))
-            return MEASUREMENTS[name](loaded[0], windows)
-
-        row = {"model": model, "width": int(widths[model]), "step": step, "tokens": step * tokens_per_step}
-        source = {"checkpoint": str(model_path(model, step, preset))} if preset == "pythia" else {}  # hub or mirror
-        row |= {
-            name: _cached_measurement(folder, name, key | source, lambda name=name: compute(name)) for name in names
-        }
-        rows.append(row)
-    return pd.DataFrame(rows)
+    table.insert(2, "width", [int(widths[model]) for model in table.model])
+    table.insert(4, "tokens", table.step * tokens_per_step)
+    return table.drop(columns="preset")
 
 
 def heldout_losses(preset: str = "tiny", **options: object) -> pd.DataFrame:
