@@ -135,7 +135,10 @@ def leading_singular_values(
             last = np.sqrt(max(frobenius_norm(matrix) ** 2 - np.sum(values**2), 0.0))
             return np.sort(np.concatenate([values, [last]]))[::-1]
         start = np.random.default_rng(0).standard_normal(smaller)  # ARPACK's own start is random: fix it
-        values = svds(scipy.sparse.csr_matrix(matrix, dtype=np.float64), k=k, return_singular_vectors=False, v0=start)
+        sparse = scipy.sparse.csr_matrix(matrix, dtype=np.float64)
+        # An explicit tolerance: with ARPACK's default, repeated singular values (duplicate one-hot rows of an
+        # n-gram matrix) came back off by 3e-2 at k = 500 (benchmarks/bench_ngram.py).
+        values = svds(sparse, k=k, return_singular_vectors=False, v0=start, tol=1e-10)
         return np.sort(values)[::-1]
     raise ValueError(f"unknown method {method!r}: use 'auto', 'gram' or 'svds'")
 
