@@ -167,3 +167,30 @@ def test_ngram_chapter_numbers():
     assert 0 < values["singletons_min"] <= values["singletons_max"] < 100
     assert values["contexts_4096"] > values["n_contexts"]
     assert values["ngram_status"] in ("partly reproduced", "not reproduced at this scale")
+
+
+def test_long_run_snapshot_is_drawn_with_a_computed_verdict():
+    """Issue 10: the frozen long run, far beyond the tiny suite, with its verdict computed from the snapshot."""
+    saturation_values = glued_values(EXECUTED / "01_saturation.ipynb")
+    assert saturation_values["long_tpp_max"] > 10 * saturation_values["live_tpp_max"]
+    assert 0 <= saturation_values["long_at_last"] <= saturation_values["long_n_runs"] >= 2
+    assert saturation_values["long_tpp_share"] < 1  # still short of Pythia-14M's best
+    assert saturation_values["long_hours_to_pythia"] > 1
+    spectrum_values = glued_values(EXECUTED / "03_singular_values.ipynb")
+    assert spectrum_values["long_anisotropy_peak_min"] > 0.8  # the warm-up frequency phase, again
+    assert 0 <= spectrum_values["long_anisotropy_final_max"] < spectrum_values["long_anisotropy_peak_min"]
+    text = page("book/notebooks/01_saturation").get_text()
+    assert "python -m satlib.saturation run" in text and "snapshot provenance" in text
+
+
+def test_intro_status_table_is_computed_from_the_chapters():
+    """Issue 9: the intro's status column is each chapter's own glued status, not typed."""
+    keys = {"01_saturation": "saturation_status", "02_anisotropy": "anisotropy_status",
+            "03_singular_values": "spectrum_status", "04_rank_constrained_heads": "heads_status",
+            "05_ngram_dimensionality": "ngram_status", "06_theory": "theory_status"}  # fmt: skip
+    rows = page("book/intro").find("table").find_all("tr")[1:]
+    assert len(rows) == len(keys)
+    for row, (chapter, key) in zip(rows, keys.items(), strict=True):
+        cells = row.find_all("td")
+        assert chapter in cells[0].find("a")["href"]
+        assert cells[2].get_text(strip=True) == glued_values(EXECUTED / f"{chapter}.ipynb")[key]
