@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: book test setup suite execute html lint freeze clean long-run
+.PHONY: book test setup suite execute html lint freeze clean long-run browser
 
 book: execute html
 
@@ -47,11 +47,20 @@ html: setup
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	$(BIN)/jupyter-book build --all -W -n --keep-going .
 
+# Headless Chromium and its driver for tests/test_browser.py, from Debian's registry (root or sudo needed). If they
+# cannot be installed the browser test reports itself as skipped, with this target named as the fix.
+browser:
+	@if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+		|| echo "WARNING: could not install chromium and chromium-driver: the browser test will be skipped"; \
+	fi
+
 lint: setup
 	$(BIN)/ruff check satlib tests benchmarks book/_ext
 	$(BIN)/ruff format --check satlib tests benchmarks book/_ext
 
-test: setup
+test: setup browser
 	test -f _build/html/index.html || $(MAKE) book
 	$(MAKE) lint
 	$(BIN)/python -m pytest tests book/notebooks --nbval --nbval-current-env \

@@ -194,3 +194,15 @@ def test_intro_status_table_is_computed_from_the_chapters():
         cells = row.find_all("td")
         assert chapter in cells[0].find("a")["href"]
         assert cells[2].get_text(strip=True) == glued_values(EXECUTED / f"{chapter}.ipynb")[key]
+
+
+def test_every_chapter_has_exercises_with_hidden_solutions():
+    """Issue 9: two or more exercises per chapter; solutions behind a toggle, executed by the build."""
+    for source in SOURCES:
+        soup = page(f"book/notebooks/{source.stem}")
+        exercises = soup.select("div.exercise")
+        solutions = soup.select("div.solution")
+        assert 2 <= len(exercises) <= 4, f"{source.stem}: {len(exercises)} exercises"
+        assert len(solutions) == len(exercises)
+        assert all("dropdown" in s.get("class", []) for s in solutions), f"{source.stem}: solutions not hidden"
+    assert "What each exercise teaches" in page("book/instructors").get_text()
