@@ -35,8 +35,9 @@ suite: setup
 	$(BIN)/python -m satlib.suite train --preset tiny
 	$(BIN)/python -m satlib.models prepare
 
-# The long-run saturation experiment (about an hour and a half on 2 cores, resumable): rewrites the frozen snapshot
-# satlib/data_files/snapshots/long_run.json that chapters 01 and 03 draw. Never part of `make book`.
+# The long-run saturation experiment (d = 4, both schedules: about 40 minutes of training on one idle core,
+# resumable): rewrites the frozen snapshot satlib/data_files/snapshots/long_run.json that chapters 01 and 03 draw.
+# LONG_RUN_ARGS="--widths 4 8" adds d = 8. Never part of `make book`.
 long-run: setup
 	$(BIN)/python -m satlib.saturation run $(LONG_RUN_ARGS)
 

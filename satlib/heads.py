@@ -256,7 +256,7 @@ EXPERIMENTS: dict[str, list[HeadExperiment]] = {
         HeadExperiment(
             "tiny-d128",
             (2, 4, 8, 16, 32, 64, 128),
-            (3e-3, 1e-2, 3e-2),
+            (3e-3, 1e-2, 3e-2, 1e-1),
             131_072,
             16_384,
             training=HeadTraining(epochs=1),
@@ -264,7 +264,7 @@ EXPERIMENTS: dict[str, list[HeadExperiment]] = {
         HeadExperiment(
             "smollm2-135m",
             (32, 128, 576),
-            (1e-4, 1e-3),
+            (1e-4, 1e-3, 1e-2),
             8_192,
             4_096,
             training=HeadTraining(epochs=1, batch_tokens=256, init="svd"),
@@ -320,7 +320,7 @@ def cached_features(
 
     from satlib.models import load
 
-    path = _experiment_dir(experiment, preset) / "features.safetensors"
+    path = _experiment_dir(experiment, preset, dtype) / "features.safetensors"
     if not path.is_file():
         model = load(experiment.model, experiment.step, preset, device=device, dtype=dtype)
         train_windows, validation_windows = experiment_windows(experiment, preset, pile_files)
@@ -338,8 +338,14 @@ def cached_features(
             (tensors["validation_features"], tensors["validation_targets"]), tensors["head"])  # fmt: skip
 
 
-def _experiment_dir(experiment: HeadExperiment, preset: str) -> Path:
-    return cache_dir() / "heads" / preset / f"{experiment.model}-{experiment.key()}"
+def _experiment_dir(experiment: HeadExperiment, preset: str, dtype: str = "float32") -> Path:
+    """Cache folder of an experiment: its settings, the backbone checkpoint's location (a retrained suite lives
+    elsewhere) and the dtype all enter the key."""
+    from satlib.models import model_path
+
+    checkpoint = str(model_path(experiment.model, experiment.step, preset))
+    key = hashlib.sha256(f"{experiment.key()}|{checkpoint}|{dtype}".encode()).hexdigest()[:10]
+    return cache_dir() / "heads" / preset / f"{experiment.model}-{key}"
 
 
 def run_experiment(
@@ -354,7 +360,7 @@ def run_experiment(
     """
     from satlib.metrics import singular_values, w_error
 
-    results = _experiment_dir(experiment, preset) / "sweep.json"
+    results = _experiment_dir(experiment, preset, dtype) / "sweep.json"
     train, validation, head = cached_features(experiment, preset, device, dtype, pile_files)
     if results.is_file():
         table = pd.read_json(results, orient="records")

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -156,12 +156,13 @@ def run(
     provenance = {
         "command": " ".join(["python -m satlib.saturation", *sys.argv[1:]]),
         "commit": _git_commit(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}; torch {torch.__version__}, "
         f"{threads} thread(s)",
         "wall_seconds": round(time.perf_counter() - started),
         "training": training_records,  # from each model's completion record (a resumed run records its last session)
-        "specs": [asdict(spec) for spec in specs],
+        "specs": [asdict(spec) for spec in specs],  # the cache keys; widths_trained says which models ran
+        "widths_trained": sorted({row["width"] for row in rows}),
         "sample_tokens": SAMPLE_TOKENS,
         "train_split_tokens": (len(token_ids("train", specs[0].vocab_size))),
     }
@@ -226,18 +227,19 @@ def saturation_verdict(table: pd.DataFrame, tolerance: float = 0.01, jump: float
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def spectrum_phases(table: pd.DataFrame) -> pd.DataFrame:
+def spectrum_phases(table: pd.DataFrame, early: float = 0.1) -> pd.DataFrame:
     """The phases of the head's singular entropy along each run (paper Figure 5), one row per run.
 
     An untrained head is nearly flat (entropy near 0). The warm-up frequency phase steepens it (an early
-    *peak*); training then flattens it to a *minimum*; a saturating model's spectrum then collapses (the entropy
-    rises again, tenfold in the paper). The minimum is searched after the peak; ``rebound`` is the final value
-    over that minimum.
+    *peak*, searched in the first ``early`` fraction of the run's tokens); training then flattens it to a
+    *minimum* (searched after the peak); a saturating model's spectrum then collapses (the entropy rises again,
+    tenfold in the paper): ``rebound`` is the final value over that minimum, and may exceed the early peak.
     """
     rows = {}
     for run_name, group in table[table.step > 0].groupby("run", sort=False):
         group = group.sort_values("step").reset_index(drop=True)
-        peak = int(group.singular_entropy.idxmax())
+        warm_up = group[group.tokens_per_parameter <= early * group.tokens_per_parameter.max()]
+        peak = int(warm_up.singular_entropy.idxmax()) if len(warm_up) else 0
         after = group.iloc[peak:]
         low = int(after.singular_entropy.idxmin())
         rows[run_name] = {
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--steps", type=int, default=7000, help="optimisation steps per model (32 x 128 tokens)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the idle cores)")
-    parser.add_argument("--widths", type=int, nargs="*", default=[], help="only these widths (default: 4 and 8)")
+    parser.add_argument("--widths", type=int, nargs="+", default=[4], help="widths to train (default 4; 4 8 for both)")
     parser.add_argument("--snapshot", type=Path, default=SNAPSHOT)
     args = parser.parse_args(argv)
     if args.steps < 100:

@@ -42,8 +42,9 @@ class Task:
 class ResultStore:
     """Measurements on disk, one JSON file per (preset, model, step, measurement), written atomically.
 
-    Each record also holds the key of the data it was measured on (``windows``: a hash of the token ids), so
-    results measured on other data are never mixed in: they count as missing.
+    Each record also holds its key (:func:`task_key`: a hash of the token ids, the dtype, and the checkpoint's
+    location), so results measured on other data, in another precision or on another checkpoint (a retrained
+    suite) are never mixed in: they count as missing.
     """
 
     def __init__(self, root: Path | str | None = None) -> None:
@@ -63,9 +64,10 @@ class ResultStore:
     def put(self, preset: str, model: str, step: int, measurement: str, key: dict, value: object) -> None:
         write_atomically(self.path(preset, model, step, measurement), json.dumps({"key": key, "value": value}))
 
-    def missing(self, tasks: list[Task], key: dict) -> list[Task]:
-        """The tasks with at least one measurement not stored for this key."""
-        return [t for t in tasks if any(self.get(t.preset, t.model, t.step, m, key) is None for m in t.measurements)]
+    def missing(self, tasks: list[Task], keys: dict[Task, dict]) -> list[Task]:
+        """The tasks with at least one measurement not stored under that task's key."""
+        stored = lambda task, name: self.get(task.preset, task.model, task.step, name, keys[task]) is not None  # noqa: E731
+        return [task for task in tasks if not all(stored(task, name) for name in task.measurements)]
 
 
 def windows_key(windows: torch.Tensor) -> dict:
@@ -74,6 +76,14 @@ def windows_key(windows: torch.Tensor) -> dict:
     from satlib.evaluate import ANISOTROPY_WINDOWS
 
     return {"windows": hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16], "anisotropy": ANISOTROPY_WINDOWS}
+
+
+def task_key(task: Task, windows: dict, dtype: str) -> dict:
+    """Everything a task's results depend on: the data, the precision, and which checkpoint (a retrained suite
+    has another cache folder; a mirror is not the hub)."""
+    from satlib.models import model_path
+
+    return windows | {"dtype": dtype, "checkpoint": str(model_path(task.model, task.step, task.preset))}
 
 
 def run_task(task: Task, windows: torch.Tensor, device: str = "cpu", dtype: str = "float32") -> dict[str, object]:
@@ -119,13 +129,14 @@ def sweep(
     if unknown:
         raise ValueError(f"unknown measurements {sorted(unknown)}: use {sorted(MEASUREMENTS)}")
     store = store or ResultStore()
-    key = windows_key(windows)
-    todo = store.missing(tasks, key)
+    data = windows_key(windows)
+    keys = {task: task_key(task, data, dtype) for task in tasks}
+    todo = store.missing(tasks, keys)
     bar = progress(total=len(todo), desc="sweep", unit="checkpoint", leave=False)
 
     def keep(task: Task, values: dict[str, object]) -> None:
         for name, value in values.items():  # stored as each result arrives: a dead sweep loses only running tasks
-            store.put(task.preset, task.model, task.step, name, key, value)
+            store.put(task.preset, task.model, task.step, name, keys[task], value)
         bar.update(1)
 
     if executor is None:
@@ -139,7 +150,7 @@ def sweep(
     rows = []
     for task in tasks:
         row = {"preset": task.preset, "model": task.model, "step": task.step}
-        rows.append(row | {m: store.get(task.preset, task.model, task.step, m, key) for m in task.measurements})
+        rows.append(row | {m: store.get(task.preset, task.model, task.step, m, keys[task]) for m in task.measurements})
     return pd.DataFrame(rows)
 
 

@@ -126,6 +126,8 @@ def test_pythia_preset_head_experiment_on_a_local_copy(tmp_path, monkeypatch):
     assert table["rank"].tolist() == [2, 16, 16] and table.original.tolist() == [False, False, True]
     assert set(table.model) == {"pythia-410m"} and set(table.width) == {16}
     assert np.all(table.loss < np.log(4096) + 0.5) and table.w_error.iloc[-1] == 0.0
+    monkeypatch.setattr(heads, "train_low_rank_head", lambda *args, **kwargs: pytest.fail("trained again"))
+    monkeypatch.setattr(heads, "backbone_features", lambda *args, **kwargs: pytest.fail("features again"))
     cached = heads.rank_constrained_heads("pythia", pile_files=str(pile))  # from the cache: same numbers
     np.testing.assert_allclose(cached.loss, table.loss)
     with pytest.raises(ValueError, match="no head experiments"):

@@ -127,11 +127,17 @@ def test_corpus_curves_are_cached_and_equal_to_a_direct_computation(tmp_path, mo
 
 
 def test_svds_handles_repeated_singular_values():
-    """Duplicate one-hot rows give repeated singular values: found with their multiplicities. (The failure seen
-    at k = 500 on the corpus without an explicit tolerance is checked by benchmarks/bench_ngram.py, which exits
-    non-zero when the curves differ.)"""
+    """Duplicate one-hot rows give repeated singular values: found with their multiplicities."""
     rng = np.random.default_rng(7)
     one_hot = np.eye(120)[rng.integers(0, 120, size=400)] * rng.choice([1.0, 0.5, 0.25], size=(400, 1))
     dense_sigma = np.linalg.svd(one_hot, compute_uv=False)
     values = ngram.leading_singular_values(scipy.sparse.csr_matrix(one_hot), 90, "svds")
     np.testing.assert_allclose(values, dense_sigma[:90], atol=1e-6)
+
+
+def test_svds_agrees_with_the_gram_method_on_the_corpus_matrix():
+    """The case that broke ARPACK at its default tolerance (off by 3e-2): the corpus's 5-gram matrix, k = 500."""
+    ids, vocab_size = ngram.corpus_token_ids("bpe-4096")
+    matrix = ngram.ngram_matrix(ids, n=5, vocab_size=vocab_size, max_contexts=3000).matrix
+    lanczos = ngram.leading_singular_values(matrix, 500, "svds")
+    np.testing.assert_allclose(lanczos, ngram.leading_singular_values(matrix, 500, "gram"), atol=1e-6)

@@ -44,10 +44,13 @@ def test_verdict_on_known_curves():
 def test_spectrum_phases_find_peak_minimum_and_rebound():
     table = curve_table([8, 7, 6, 5, 4.9, 4.8], [8, 7, 6, 5, 4.9, 4.8])
     table["singular_entropy"] = [0.001, 0.8, 0.3, 0.1, 0.15, 0.2]  # flat, frequency phase, flattening, re-steepening
-    phases = saturation.spectrum_phases(table).iloc[0]
+    phases = saturation.spectrum_phases(table, early=0.25).iloc[0]
     assert phases.peak == 0.8 and phases["minimum after the peak"] == 0.1
     assert phases["minimum at tokens per parameter"] == pytest.approx(30.0)
     assert phases.rebound == pytest.approx(2.0)
+    table["singular_entropy"] = [0.001, 0.8, 0.3, 0.1, 0.9, 2.0]  # a collapse beyond the warm-up peak
+    collapsed = saturation.spectrum_phases(table, early=0.25).iloc[0]
+    assert collapsed.peak == 0.8 and collapsed.rebound == pytest.approx(20.0)
 
 
 def test_missing_snapshot_names_the_command(tmp_path):
@@ -57,9 +60,13 @@ def test_missing_snapshot_names_the_command(tmp_path):
 
 def test_committed_snapshot_is_complete_and_has_provenance():
     table, provenance = saturation.load_snapshot()
-    for field in ("command", "commit", "date", "machine", "wall_seconds", "specs", "training"):
+    for field in ("command", "commit", "date", "machine", "wall_seconds", "specs", "training", "widths_trained"):
         assert provenance[field], field
     assert provenance["command"].startswith("python -m satlib.saturation run")
+    widths = provenance["widths_trained"]
+    expected_runs = {(spec["schedule"], width) for spec in provenance["specs"] for width in widths}
+    assert set(zip(table.schedule, table.width, strict=True)) == expected_runs  # every trained run is there
+    assert {schedule for schedule, _ in expected_runs} == set(saturation.SCHEDULES)
     for spec in provenance["specs"]:
         expected = saturation.LongRunSpec(**{**spec, "widths": tuple(spec["widths"])}).checkpoint_steps()
         for width, group in table[table.schedule == spec["schedule"]].groupby("width"):

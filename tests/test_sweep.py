@@ -38,7 +38,15 @@ def test_store_is_keyed_and_atomic(tmp_path):
     assert store.path("tiny", MODEL, 8, "heldout_loss") == tmp_path / "tiny" / MODEL / "step8" / "heldout_loss.json"
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temporary files left
     task = sweep.Task("tiny", MODEL, 8, ("heldout_loss", "head_singular_values"))
-    assert store.missing([task], {"windows": "a"}) == [task]  # one of its measurements is missing
+    assert store.missing([task], {task: {"windows": "a"}}) == [task]  # one of its measurements is missing
+
+
+def test_key_names_the_checkpoint_and_dtype(windows):
+    task = tasks()[3]
+    key = sweep.task_key(task, sweep.windows_key(windows), "float32")
+    assert key["dtype"] == "float32" and f"step{task.step}" in key["checkpoint"]
+    assert key["checkpoint"] != sweep.task_key(tasks()[4], sweep.windows_key(windows), "float32")["checkpoint"]
+    assert key != sweep.task_key(task, sweep.windows_key(windows), "bfloat16")
 
 
 def test_serial_sweep_resumes_and_matches_a_direct_measurement(tmp_path, windows, monkeypatch):

@@ -36,4 +36,3 @@ def test_wheel_installs_with_declared_dependencies_and_imports_everything(tmp_pa
     )
     location = run(python, "-c", check, cwd=tmp_path)  # not the checkout: the installed package must suffice
     assert "site-packages" in location
-    assert "satlib.sweep" in MODULES and "satlib.heads" in MODULES  # every module was imported
