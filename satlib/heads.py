@@ -405,3 +405,48 @@ def degradation_onset(ranks: list[int], losses: list[float], w_errors: list[floa
         if relative > 1 + tolerance:
             return {"rank": int(ranks[index]), "w_error": float(w_errors[index]), "relative_loss": float(relative)}
     return {"rank": None, "w_error": None, "relative_loss": None}
+
+
+class MixtureOfSoftmaxes(torch.nn.Module):
+    """A Mixture of Softmaxes head (Yang et al. 2018), the remedy for the softmax bottleneck the paper discusses (§6).
+
+    ``P(y | h) = sum_k pi_k(h) softmax(W h_k)_y`` with mixture weights ``pi(h) = softmax(W_pi h)`` and component
+    contexts ``h_k = tanh(P_k h + b_k)`` (``projection=True``, as Yang et al.) or ``h_k = h`` (no projection).
+    The output embedding W (V, d) is shared by the components. Its log-probabilities are not confined to rank
+    d + 1, unlike a linear head's.
+
+    Args:
+        vocab_size: V. width: d. components: K.
+        projection: per-component ``tanh`` projections; with ``False`` and K = 1 this is exactly a linear head.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        width: int,
+        components: int,
+        projection: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if components < 1:
+            raise ValueError(f"components must be at least 1, got {components}")
+        self.weight = torch.nn.Parameter(torch.randn(vocab_size, width, generator=generator) * 0.02)
+        self.prior = torch.nn.Parameter(torch.randn(components, width, generator=generator) * 0.02)
+        self.projection = (
+            torch.nn.Parameter(torch.randn(components, width, width, generator=generator) / math.sqrt(width))
+            if projection
+            else None
+        )
+        self.bias = torch.nn.Parameter(torch.zeros(components, width)) if projection else None
+        self.components = components
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, d) hidden states to (N, V) log-probabilities (not logits: the mixture has no single logit vector)."""
+        log_prior = torch.log_softmax(hidden @ self.prior.T, dim=-1)  # (N, K)
+        if self.projection is None:
+            contexts = hidden.unsqueeze(1).expand(-1, self.components, -1)  # (N, K, d)
+        else:
+            contexts = torch.tanh(torch.einsum("kde,ne->nkd", self.projection, hidden) + self.bias)
+        log_components = torch.log_softmax(contexts @ self.weight.T, dim=-1)  # (N, K, V)
+        return torch.logsumexp(log_prior.unsqueeze(-1) + log_components, dim=1)

@@ -141,3 +141,37 @@ def test_degradation_onset_on_the_papers_figure_8():
     onset = heads.degradation_onset(figure.d.tolist(), figure.loss.tolist(), figure.w_error.tolist())
     assert onset["rank"] == 1024 and onset["w_error"] == pytest.approx(0.56)  # 2.537 / 2.474 = 1.025
     assert heads.degradation_onset([1, 2], [1.0, 1.0], [0.5, 0.0])["rank"] is None
+
+
+def test_mixture_of_softmaxes_is_a_distribution_and_trains():
+    generator = torch.Generator().manual_seed(3)
+    head = heads.MixtureOfSoftmaxes(30, 6, components=3, generator=generator)
+    hidden = torch.randn(8, 6, generator=generator)
+    log_probs = head(hidden)
+    assert log_probs.shape == (8, 30)
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(8))
+    log_probs[:, 0].sum().backward()
+    for name, parameter in head.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"no gradient reaches {name}"
+
+
+def test_one_component_mixture_is_the_linear_head():
+    head = heads.MixtureOfSoftmaxes(20, 5, components=1, projection=False)
+    hidden = torch.randn(7, 5)
+    torch.testing.assert_close(head(hidden), torch.log_softmax(hidden @ head.weight.T, dim=-1))
+    with pytest.raises(ValueError, match="components"):
+        heads.MixtureOfSoftmaxes(20, 5, components=0)
+
+
+def test_mixture_breaks_the_rank_bound_of_a_linear_head():
+    """Yang et al. (2018): a linear head's log-probabilities have rank <= d + 1; a mixture's need not."""
+    generator = torch.Generator().manual_seed(4)
+    width, vocab, contexts = 4, 64, 64
+    hidden = 3 * torch.randn(contexts, width, generator=generator, dtype=torch.float64)
+    mixture = heads.MixtureOfSoftmaxes(vocab, width, components=4, generator=generator).double()
+    with torch.no_grad():
+        mixture.weight.mul_(10)  # sharper components: their mixture is further from any single softmax
+        log_probs = mixture(hidden)
+        linear = torch.log_softmax(hidden @ mixture.weight.T, dim=-1)
+    assert metrics.numerical_rank(linear) == width + 1
+    assert metrics.numerical_rank(log_probs, rtol=1e-6) > 4 * (width + 1)
