@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -105,18 +103,11 @@ def test_spread_windows_cover_the_stream_disjointly():
 
 def test_pythia_preset_head_experiment_on_a_local_copy(tmp_path, monkeypatch):
     """The pythia preset: a hub model (a local mirror here) on a Pile sample (a local JSON Lines file)."""
-    from satlib import corpus, models, tokenization
+    from conftest import write_pythia_mirror
 
-    tokenizer = tokenization.load_tokenizer(4096)
-    for name, step in (("pythia-14m", 143000), ("pythia-410m", 143000)):
-        torch.manual_seed(len(name))
-        config = GPTNeoXConfig(vocab_size=4096, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=32, max_position_embeddings=64, tie_word_embeddings=False)  # fmt: skip
-        folder = tmp_path / "EleutherAI" / name / f"step{step}"
-        GPTNeoXForCausalLM(config).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    pile = tmp_path / "pile.jsonl"
-    pile.write_text("".join(json.dumps({"text": d.text}) + "\n" for d in corpus.documents("test")[:30]))
+    from satlib import models
+
+    pile = write_pythia_mirror(tmp_path, [("pythia-14m", 143000), ("pythia-410m", 143000)], documents=30)
     monkeypatch.setenv(models.HUB_MIRROR_ENV, str(tmp_path))
     monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "cache"))
     experiment = heads.HeadExperiment("pythia-410m", (2, 16), (1e-2,), 1024, 512, context=32,

@@ -102,21 +102,13 @@ def test_smollm2_resolves_to_the_hub_when_online(monkeypatch):
 
 def test_pythia_figure_1a_code_path_on_a_local_copy(tmp_path, monkeypatch):
     """The pythia preset's Figure 1a: hub models (a local mirror here) on a Pile sample (a local JSON Lines file)."""
-    import json
+    from conftest import write_pythia_mirror
 
-    from satlib import corpus, evaluate, tokenization
+    from satlib import tokenization
 
     tokenizer = tokenization.load_tokenizer(4096)
-    for name in ("pythia-14m", "pythia-70m"):
-        for step in (1000, 2000, 143000):
-            torch.manual_seed(step)
-            config = GPTNeoXConfig(vocab_size=4096, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=32, max_position_embeddings=64)  # fmt: skip
-            folder = tmp_path / "EleutherAI" / name / f"step{step}"
-            GPTNeoXForCausalLM(config).save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-    pile = tmp_path / "pile.jsonl"
-    pile.write_text("".join(json.dumps({"text": d.text}) + "\n" for d in corpus.documents("test")[:20]))
+    mirrored = [(name, step) for name in ("pythia-14m", "pythia-70m") for step in (1000, 2000, 143000)]
+    pile = write_pythia_mirror(tmp_path, mirrored, documents=20)
     monkeypatch.setenv(models.HUB_MIRROR_ENV, str(tmp_path))
     monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "cache"))
     windows = evaluate.pile_windows(n_tokens=600, context=60, data_files=str(pile))
