@@ -11,9 +11,11 @@ The backbone is frozen, so its final hidden states (what the head reads) are com
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -130,6 +132,46 @@ def _cosine_rate(peak: float, step: int, steps: int, warmup_fraction: float) -> 
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * fraction)))
 
 
+def fit_head(
+    head: torch.nn.Module,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    learning_rate: float,
+    training: HeadTraining = HeadTraining(),
+    device: str = "cpu",
+    generator: torch.Generator | None = None,
+) -> torch.nn.Module:
+    """Train any head on frozen features with Adam, warm-up and cosine decay (paper Appendix B.1).
+
+    The head maps (N, d) features to (N, V) logits or log-probabilities: cross-entropy treats both alike,
+    since the log-softmax of log-probabilities is themselves.
+
+    Args:
+        head: the module to train (moved to ``device``); features: (N, d); targets: (N,).
+        learning_rate: peak rate of the schedule.
+        training: epochs, batch size and seed (``generator``, when given, orders the features instead).
+    """
+    generator = generator or torch.Generator().manual_seed(training.seed)
+    head = head.to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate, betas=(0.9, 0.95))
+    per_epoch = -(-features.shape[0] // training.batch_tokens)
+    steps = training.epochs * per_epoch
+    step = 0
+    for _ in range(training.epochs):
+        order = torch.randperm(features.shape[0], generator=generator)
+        for start in range(0, features.shape[0], training.batch_tokens):
+            picked = order[start : start + training.batch_tokens]
+            for group in optimizer.param_groups:
+                group["lr"] = _cosine_rate(learning_rate, step, steps, training.warmup_fraction)
+            outputs = head(features[picked].to(device))
+            loss = torch.nn.functional.cross_entropy(outputs, targets[picked].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    return head.eval()
+
+
 def train_low_rank_head(
     features: torch.Tensor,
     targets: torch.Tensor,
@@ -158,24 +200,7 @@ def train_low_rank_head(
         head = LowRankHead.from_head(original_head, rank)
     else:
         head = LowRankHead(vocab_size, features.shape[1], rank, generator)
-    head = head.to(device)
-    optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate, betas=(0.9, 0.95))
-    per_epoch = -(-features.shape[0] // training.batch_tokens)
-    steps = training.epochs * per_epoch
-    step = 0
-    for _ in range(training.epochs):
-        order = torch.randperm(features.shape[0], generator=generator)
-        for start in range(0, features.shape[0], training.batch_tokens):
-            picked = order[start : start + training.batch_tokens]
-            for group in optimizer.param_groups:
-                group["lr"] = _cosine_rate(learning_rate, step, steps, training.warmup_fraction)
-            logits = head(features[picked].to(device))
-            loss = torch.nn.functional.cross_entropy(logits, targets[picked].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-    return head.eval()
+    return fit_head(head, features, targets, learning_rate, training, device, generator)
 
 
 @torch.no_grad()
@@ -411,13 +436,17 @@ class MixtureOfSoftmaxes(torch.nn.Module):
     """A Mixture of Softmaxes head (Yang et al. 2018), the remedy for the softmax bottleneck the paper discusses (§6).
 
     ``P(y | h) = sum_k pi_k(h) softmax(W h_k)_y`` with mixture weights ``pi(h) = softmax(W_pi h)`` and component
-    contexts ``h_k = tanh(P_k h + b_k)`` (``projection=True``, as Yang et al.) or ``h_k = h`` (no projection).
-    The output embedding W (V, d) is shared by the components. Its log-probabilities are not confined to rank
-    d + 1, unlike a linear head's.
+    contexts ``h_k = tanh(P_k h + b_k)`` (``projection=True``, as Yang et al.), ``h_k = h + tanh(P_k h + b_k)``
+    (``residual=True``: with P = 0 it starts as the linear head W, see :meth:`from_head`) or ``h_k = h`` (no
+    projection). The output embedding W (V, d') is shared by the components. Its log-probabilities are not
+    confined to rank d + 1, unlike a linear head's.
 
     Args:
-        vocab_size: V. width: d. components: K.
-        projection: per-component ``tanh`` projections; with ``False`` and K = 1 this is exactly a linear head.
+        vocab_size: V. width: d (what the head reads). components: K.
+        projection: per-component projections P_k (d' x d); with ``False`` and K = 1 this is exactly a linear head.
+        output_width: d', the width of W and of the component contexts (default d; narrower to match a linear
+            head's parameter count, :func:`matched_output_width`).
+        residual: add the projection to h instead of replacing it (needs d' = d).
     """
 
     def __init__(
@@ -426,27 +455,239 @@ class MixtureOfSoftmaxes(torch.nn.Module):
         width: int,
         components: int,
         projection: bool = True,
+        output_width: int | None = None,
+        residual: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        output_width = width if output_width is None else output_width
         if components < 1:
             raise ValueError(f"components must be at least 1, got {components}")
-        self.weight = torch.nn.Parameter(torch.randn(vocab_size, width, generator=generator) * 0.02)
-        self.prior = torch.nn.Parameter(torch.randn(components, width, generator=generator) * 0.02)
+        if output_width != width and (residual or not projection):
+            raise ValueError(f"output_width {output_width} != width {width} needs projection=True, residual=False")
+        self.weight = torch.nn.Parameter(torch.randn(vocab_size, output_width, generator=generator) * 0.02)
+        # One component needs no mixture weights (the linear head has exactly V x d parameters).
+        self.prior = (
+            torch.nn.Parameter(torch.randn(components, width, generator=generator) * 0.02) if components > 1 else None
+        )
+        self.width = width
         self.projection = (
-            torch.nn.Parameter(torch.randn(components, width, width, generator=generator) / math.sqrt(width))
+            torch.nn.Parameter(torch.randn(components, output_width, width, generator=generator) / math.sqrt(width))
             if projection
             else None
         )
-        self.bias = torch.nn.Parameter(torch.zeros(components, width)) if projection else None
+        self.bias = torch.nn.Parameter(torch.zeros(components, output_width)) if projection else None
         self.components = components
+        self.residual = residual
+
+    @classmethod
+    def from_head(
+        cls, weight: torch.Tensor, components: int, generator: torch.Generator | None = None
+    ) -> MixtureOfSoftmaxes:
+        """A residual mixture that starts as exactly the linear head ``weight`` (V, d): P_k = 0, so every
+        component is ``softmax(W h)``; fine-tuning then separates them (their mixture weights differ per token).
+        With K = 1 and no projection, the linear head itself, to fine-tune on the same footing."""
+        vocab_size, width = weight.shape
+        mixture = (
+            cls(vocab_size, width, 1, projection=False)
+            if components == 1
+            else cls(vocab_size, width, components, residual=True, generator=generator)
+        )
+        with torch.no_grad():
+            mixture.weight.copy_(weight)
+            if mixture.projection is not None:
+                mixture.projection.zero_()
+        return mixture
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, d) hidden states to (N, V) log-probabilities (not logits: the mixture has no single logit vector)."""
-        log_prior = torch.log_softmax(hidden @ self.prior.T, dim=-1)  # (N, K)
         if self.projection is None:
             contexts = hidden.unsqueeze(1).expand(-1, self.components, -1)  # (N, K, d)
         else:
-            contexts = torch.tanh(torch.einsum("kde,ne->nkd", self.projection, hidden) + self.bias)
+            contexts = torch.tanh(torch.einsum("ked,nd->nke", self.projection, hidden) + self.bias)  # (N, K, d')
+            if self.residual:
+                contexts = hidden.unsqueeze(1) + contexts
         log_components = torch.log_softmax(contexts @ self.weight.T, dim=-1)  # (N, K, V)
+        if self.prior is None:
+            return log_components[:, 0]
+        log_prior = torch.log_softmax(hidden @ self.prior.T, dim=-1)  # (N, K)
         return torch.logsumexp(log_prior.unsqueeze(-1) + log_components, dim=1)
+
+    def multiply_adds(self) -> int:
+        """Multiply-adds per token of the forward pass: K d (mixture weights, K > 1) + K d' d (projections)
+        + K V d' (the component logits)."""
+        vocab_size, output_width = self.weight.shape
+        prior = self.components * self.width if self.prior is not None else 0
+        projections = self.components * output_width * self.width if self.projection is not None else 0
+        return prior + projections + self.components * vocab_size * output_width
+
+
+def matched_output_width(vocab_size: int, width: int, components: int) -> int:
+    """The largest d' whose K-component mixture (projections d -> d') has no more parameters than a V x d head.
+
+    Parameters of the mixture: V d' (W) + K d (prior) + K d' d (projections) + K d' (biases).
+    """
+    output_width = (vocab_size * width - components * width) // (vocab_size + components * width + components)
+    if output_width < 1:
+        raise ValueError(f"no mixture of {components} components fits in a {vocab_size} x {width} head's parameters")
+    return output_width
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+@torch.no_grad()
+def log_probability_spectrum(head: MixtureOfSoftmaxes, features: torch.Tensor) -> NDArray[np.float64]:
+    """Singular values of the (N, V) matrix of a head's log-probabilities on N contexts, computed in float64.
+
+    A linear head's ``log softmax(W h) = W h - logsumexp(W h) 1`` has rank at most d + 1 (the softmax bottleneck,
+    paper §2 and Yang et al. 2018); a mixture's need not.
+    """
+    from satlib.metrics import singular_values
+
+    log_probs = copy.deepcopy(head).double().cpu()(features.double())
+    return singular_values(log_probs.numpy())
+
+
+@dataclass(frozen=True)
+class MixtureExperiment:
+    """Linear head against Mixture-of-Softmaxes heads on one frozen backbone (the paper's §6 remedy, tested).
+
+    Attributes:
+        backbone: the rank-constrained experiment whose cached features (and own head) are reused.
+        components: K of the mixtures.
+        learning_rates: peak rates searched for every head.
+        warm_start: heads start from the backbone's own head (:meth:`MixtureOfSoftmaxes.from_head`) instead of
+            from scratch; there is then no narrower matched-parameter mixture (the residual needs d' = d).
+        training: epochs and batch size (``init`` is not used).
+        rank_contexts: validation contexts on which the log-probability matrix's rank is measured.
+    """
+
+    backbone: HeadExperiment
+    components: int
+    learning_rates: tuple[float, ...]
+    warm_start: bool = False
+    training: HeadTraining = HeadTraining(epochs=1)
+    rank_contexts: int = 512
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+    def head_factories(self, vocab_size: int, width: int, own_head: torch.Tensor) -> dict[str, Callable]:
+        """The heads compared, by label: each a function of a seeded generator that builds a fresh head."""
+        k = self.components
+        if self.warm_start:
+            return {
+                "linear": lambda generator: MixtureOfSoftmaxes.from_head(own_head, 1),
+                f"MoS K={k}": lambda generator: MixtureOfSoftmaxes.from_head(own_head, k, generator),
+            }
+        matched = matched_output_width(vocab_size, width, k)
+        return {
+            "linear": lambda generator: MixtureOfSoftmaxes(vocab_size, width, 1, False, generator=generator),
+            "tanh layer (K=1)": lambda generator: MixtureOfSoftmaxes(vocab_size, width, 1, generator=generator),
+            f"MoS K={k}": lambda generator: MixtureOfSoftmaxes(vocab_size, width, k, generator=generator),
+            f"MoS K={k}, d'={matched}": lambda generator: MixtureOfSoftmaxes(
+                vocab_size, width, k, output_width=matched, generator=generator
+            ),
+        }
+
+
+#: Each preset's head comparisons: the largest suite model from scratch (four heads, two rates) and SmolLM2-135M
+#: fine-tuned from its own head (a CPU cannot train a 49,152-row head from scratch on a few thousand tokens).
+MIXTURE_EXPERIMENTS: dict[str, list[MixtureExperiment]] = {
+    "tiny": [
+        MixtureExperiment(EXPERIMENTS["tiny"][0], 4, (1e-2, 3e-2)),
+        MixtureExperiment(
+            EXPERIMENTS["tiny"][1], 2, (1e-4, 1e-3), warm_start=True, training=HeadTraining(epochs=1, batch_tokens=256)
+        ),
+    ],
+    "pythia": [
+        MixtureExperiment(
+            EXPERIMENTS["pythia"][0], 4, (1e-3, 3e-3, 1e-2), training=HeadTraining(epochs=1, batch_tokens=8192)
+        )
+    ],
+}
+
+
+def _seconds_per_token(head: torch.nn.Module, features: torch.Tensor, repeats: int = 3) -> float:
+    """Best of ``repeats`` timed forward passes over ``features``, per token."""
+    import time
+
+    best = math.inf
+    with torch.no_grad():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for start in range(0, features.shape[0], 1024):
+                head(features[start : start + 1024])
+            best = min(best, time.perf_counter() - started)
+    return best / features.shape[0]
+
+
+def run_mixture_experiment(
+    experiment: MixtureExperiment,
+    preset: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    pile_files: str | None = None,
+) -> pd.DataFrame:
+    """Train every head of a comparison at every rate; measure the chosen ones (cached as JSON beside the features).
+
+    Returns:
+        One row per (head, learning rate): ``model``, ``head``, ``learning_rate``, ``loss`` and ``accuracy``
+        (validation), ``parameters``, ``multiply_adds`` per token, ``chosen`` (the head's best rate); and for
+        chosen rows ``rank`` (numerical rank of the log-probability matrix on ``rank_contexts`` contexts),
+        ``dimension_99`` (singular directions that leave under 1% of its Frobenius norm) and
+        ``seconds_per_token`` (CPU forward pass over 4,096 tokens, measured once when the results were computed).
+        A last row
+        ``own head`` is the backbone's untrained head.
+    """
+    from satlib.metrics import w_error_curve
+    from satlib.ngram import dimension_at
+
+    results = _experiment_dir(experiment.backbone, preset, dtype) / f"mixture-{experiment.key()}.json"
+    if results.is_file():
+        return pd.read_json(results, orient="records")
+    train, validation, own_head = cached_features(experiment.backbone, preset, device, dtype, pile_files)
+    vocab_size, width = own_head.shape
+    factories = experiment.head_factories(vocab_size, width, own_head)
+    rows = []
+    configurations = [(label, rate) for label in factories for rate in experiment.learning_rates]
+    for label, rate in progress(configurations, desc=f"heads on {experiment.backbone.model}", unit="head", leave=False):
+        generator = torch.Generator().manual_seed(experiment.training.seed)
+        head = factories[label](generator)
+        fit_head(head, *train, rate, experiment.training, device, generator)
+        loss, accuracy = evaluate_head(head, *validation)
+        rows.append({"head": label, "learning_rate": rate, "loss": loss, "accuracy": accuracy,
+                     "parameters": parameter_count(head), "multiply_adds": head.multiply_adds(),
+                     "module": head.cpu()})  # fmt: skip
+    own = MixtureOfSoftmaxes.from_head(own_head, 1)  # the linear head itself, timed and measured alike
+    loss, accuracy = evaluate_head(own, *validation)
+    rows.append({"head": "own head", "learning_rate": float("nan"), "loss": loss, "accuracy": accuracy,
+                 "parameters": parameter_count(own), "multiply_adds": own.multiply_adds(), "module": own})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["chosen"] = False
+    table.loc[table.groupby("head").loss.idxmin(), "chosen"] = True
+    contexts = validation[0][:: max(1, validation[0].shape[0] // experiment.rank_contexts)][: experiment.rank_contexts]
+    measured = {}
+    for index in table.index[table.chosen]:
+        head = table.at[index, "module"]
+        sigma = log_probability_spectrum(head, contexts)
+        tolerance = max(contexts.shape[0], vocab_size) * np.finfo(np.float64).eps * sigma[0]  # NumPy's matrix_rank
+        measured[index] = {"rank": int(np.sum(sigma > tolerance)),
+                           "dimension_99": dimension_at(w_error_curve(sigma), 0.01),
+                           "seconds_per_token": _seconds_per_token(head, validation[0][:4096])}  # fmt: skip
+    table = table.drop(columns="module").join(pd.DataFrame.from_dict(measured, orient="index"))
+    table = table.assign(model=experiment.backbone.model, width=width, vocab_size=vocab_size)
+    write_atomically(results, table.to_json(orient="records"))
+    return table
+
+
+def expressive_heads(
+    preset: str = "tiny", device: str = "cpu", dtype: str = "float32", pile_files: str | None = None
+) -> pd.DataFrame:
+    """Every head comparison of a preset (:data:`MIXTURE_EXPERIMENTS`), one table."""
+    if preset not in MIXTURE_EXPERIMENTS:
+        raise ValueError(f"no head comparisons for preset {preset!r}: use one of {sorted(MIXTURE_EXPERIMENTS)}")
+    tables = [run_mixture_experiment(e, preset, device, dtype, pile_files) for e in MIXTURE_EXPERIMENTS[preset]]
+    return pd.concat(tables, ignore_index=True)

@@ -22,7 +22,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -181,11 +181,71 @@ def load_snapshot(path: Path = SNAPSHOT) -> tuple[pd.DataFrame, dict]:
         raise FileNotFoundError(f"no long-run snapshot at {path}: make it with `make long-run` (about an hour)")
     snapshot = json.loads(path.read_text())
     table = pd.DataFrame(snapshot["rows"])
-    table["run"] = table.schedule + " d=" + table.width.astype(str)
-    table["tokens_per_parameter"] = table.tokens / table.parameters
-    table["last_anisotropy"] = table.anisotropy.map(lambda profile: profile[-1])
-    table["singular_entropy"] = table.singular_values.map(singular_entropy)
-    return table, snapshot["provenance"]
+    return _derived_columns(table.assign(run=table.schedule + " d=" + table.width.astype(str))), snapshot["provenance"]
+
+
+def _derived_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """``tokens_per_parameter``, ``last_anisotropy`` (the head's input) and ``singular_entropy`` of measured rows."""
+    return table.assign(
+        tokens_per_parameter=table.tokens / table.parameters,
+        last_anisotropy=table.anisotropy.map(lambda profile: profile[-1]),
+        singular_entropy=table.singular_values.map(singular_entropy),
+    )
+
+
+#: Wider versus deeper at one parameter budget (paper §6's open question): (width, layers) pairs trained on the
+#: ``tiny`` suite's recipe, data and steps. (128, 2) is the suite's own ``tiny-d128``; (96, 6) has 0.9% more
+#: parameters, (144, 1) 1.2% fewer.
+SHAPES: tuple[tuple[int, int], ...] = ((144, 1), (128, 2), (96, 6))
+
+
+def shape_spec(width: int, layers: int, base: SuiteSpec) -> SuiteSpec:
+    """The suite that trains a (width, layers) model: ``base`` itself when it holds that model (its cache is
+    reused), else ``base`` with that one width and depth."""
+    if layers == base.n_layers and width in base.widths:
+        return base
+    return replace(base, preset=f"{base.preset}-shapes", widths=(width,), n_layers=layers)
+
+
+def shape_comparison(shapes: tuple[tuple[int, int], ...] = SHAPES, base_preset: str = "tiny") -> pd.DataFrame:
+    """Train (cached) and measure models of one budget but different shapes at every evenly spaced checkpoint.
+
+    Each checkpoint is measured as in the long run (:func:`measure_checkpoint`). The table is cached as JSON
+    under ``<cache>/shapes/``, keyed by the suites that trained the models.
+
+    Returns:
+        One row per shape and checkpoint: ``run`` (e.g. ``d=96, 6 layers``), ``width``, ``layers``,
+        ``parameters``, ``step``, ``tokens``, the measurements and :func:`load_snapshot`'s derived columns.
+    """
+    import hashlib
+
+    from transformers import GPTNeoXForCausalLM
+
+    from satlib.config import cache_dir, progress, write_atomically
+    from satlib.evaluate import evaluation_windows
+    from satlib.suite import suite_spec, train_model
+    from satlib.tokenization import token_ids
+
+    base = suite_spec(base_preset)
+    specs = [(shape_spec(width, layers, base), width, layers) for width, layers in shapes]
+    key = json.dumps([[asdict(spec), width] for spec, width, _ in specs], sort_keys=True)
+    path = cache_dir() / "shapes" / f"{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
+    if not path.is_file():
+        train_ids = token_ids("train", base.vocab_size)
+        validation = evaluation_windows(token_ids("validation", base.vocab_size), base.context, SAMPLE_TOKENS)
+        training = evaluation_windows(train_ids, base.context, SAMPLE_TOKENS)
+        rows = []
+        for spec, width, layers in specs:
+            folder = train_model(spec, width, train_ids)
+            parameters = sum(p.numel() for p in GPTNeoXForCausalLM(spec.model_config(width)).parameters())
+            spacing = max(1, spec.steps // spec.checkpoints_evenly)
+            steps = [step for step in spec.checkpoint_steps() if step % spacing == 0]
+            for step in progress(steps, desc=f"measure d={width}, {layers} layers", leave=False):
+                rows.append({"run": f"d={width}, {layers} layers", "width": width, "layers": layers,
+                             "parameters": parameters, "step": step, "tokens": step * spec.tokens_per_step,
+                             **measure_checkpoint(folder / f"step{step}", validation, training)})  # fmt: skip
+        write_atomically(path, json.dumps(rows))
+    return _derived_columns(pd.DataFrame(json.loads(path.read_text())))
 
 
 def saturation_verdict(table: pd.DataFrame, tolerance: float = 0.01, jump: float = 0.2) -> pd.DataFrame:

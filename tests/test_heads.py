@@ -166,3 +166,61 @@ def test_mixture_breaks_the_rank_bound_of_a_linear_head():
         linear = torch.log_softmax(hidden @ mixture.weight.T, dim=-1)
     assert metrics.numerical_rank(linear) == width + 1
     assert metrics.numerical_rank(log_probs, rtol=1e-6) > 4 * (width + 1)
+
+
+def test_mixture_from_head_starts_as_the_linear_head_and_counts_its_cost():
+    weight = torch.randn(40, 6, generator=torch.Generator().manual_seed(5))
+    hidden = torch.randn(9, 6)
+    linear = torch.log_softmax(hidden @ weight.T, dim=-1)
+    for components in (1, 3):
+        mixture = heads.MixtureOfSoftmaxes.from_head(weight, components, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(mixture(hidden), linear)  # P = 0: every component is the linear head
+    assert heads.parameter_count(heads.MixtureOfSoftmaxes.from_head(weight, 1)) == weight.numel()
+    mixture = heads.MixtureOfSoftmaxes(40, 6, components=3, output_width=4)
+    naive = 3 * 6 + 3 * 4 * 6 + 3 * 40 * 4  # mixture weights + projections + K softmaxes over V of width d'
+    assert mixture.multiply_adds() == naive and mixture(hidden).shape == (9, 40)
+    with pytest.raises(ValueError, match="output_width"):
+        heads.MixtureOfSoftmaxes(40, 6, components=2, output_width=4, residual=True)
+
+
+@pytest.mark.parametrize(("vocab", "width", "components"), [(4096, 128, 4), (49152, 576, 2), (50, 8, 3)])
+def test_matched_output_width_is_the_widest_mixture_within_the_linear_budget(vocab, width, components):
+    matched = heads.matched_output_width(vocab, width, components)
+    count = lambda d: heads.parameter_count(heads.MixtureOfSoftmaxes(vocab, width, components, output_width=d))  # noqa: E731
+    assert count(matched) <= vocab * width < count(matched + 1)
+    with pytest.raises(ValueError, match="no mixture"):
+        heads.matched_output_width(4, 8, 8)
+
+
+def test_log_probability_rank_of_a_linear_head_is_at_most_d_plus_one():
+    generator = torch.Generator().manual_seed(6)
+    features = 2 * torch.randn(80, 5, generator=generator)
+    linear = heads.MixtureOfSoftmaxes(60, 5, components=1, projection=False, generator=generator)
+    mixture = heads.MixtureOfSoftmaxes(60, 5, components=4, generator=generator)
+    with torch.no_grad():
+        linear.weight.mul_(20)
+        mixture.weight.mul_(20)
+    for head, bound in ((linear, 6), (mixture, None)):
+        sigma = heads.log_probability_spectrum(head, features)
+        rank = int(np.sum(sigma > 80 * np.finfo(float).eps * sigma[0]))
+        assert sigma.shape == (60,)
+        assert rank == bound if bound else rank > 6 * 4
+
+
+def test_fit_head_trains_a_mixture_towards_a_mixture_target():
+    """A two-component target: the mixture fitted by fit_head beats the linear head fitted alike (neither can
+    beat the target itself by more than sampling noise)."""
+    generator = torch.Generator().manual_seed(7)
+    target = heads.MixtureOfSoftmaxes(30, 4, components=2, generator=generator)
+    with torch.no_grad():
+        target.weight.mul_(150)
+        features = 3 * torch.randn(6000, 4, generator=generator)
+        targets = torch.multinomial(target(features).exp(), 1, generator=generator).ravel()
+    training = heads.HeadTraining(epochs=6, batch_tokens=200)
+    losses = {}
+    for components, projection in ((1, False), (2, True)):
+        head = heads.MixtureOfSoftmaxes(30, 4, components, projection, generator=torch.Generator().manual_seed(0))
+        heads.fit_head(head, features[:5000], targets[:5000], 3e-2, training)
+        losses[components] = heads.evaluate_head(head, features[5000:], targets[5000:])[0]
+    optimum = heads.evaluate_head(target, features[5000:], targets[5000:])[0]
+    assert losses[2] < losses[1] - 0.05 and min(losses.values()) > optimum - 0.05

@@ -74,3 +74,25 @@ def test_committed_snapshot_is_complete_and_has_provenance():
     assert table.heldout_loss.between(0, 9).all() and table.train_loss.between(0, 9).all()
     assert table.last_anisotropy.between(-0.05, 1.0).all()
     assert json.loads(saturation.SNAPSHOT.read_text())["rows"][0]["step"] == 0
+
+
+def test_shape_comparison_trains_each_shape_once_and_reuses_the_suite(tmp_path, monkeypatch):
+    from satlib import suite
+
+    monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path))
+    base = suite.SuiteSpec(preset="tiny", widths=(16,), steps=20, batch_size=2, context=16, checkpoints_evenly=2)
+    monkeypatch.setitem(suite.SUITES, "tiny", base)
+    monkeypatch.setattr(saturation, "SAMPLE_TOKENS", 512)
+    assert saturation.shape_spec(16, 2, base) is base  # the suite's own model, its cache reused
+    deeper = saturation.shape_spec(8, 3, base)
+    assert (deeper.widths, deeper.n_layers, deeper.steps) == ((8,), 3, 20) and deeper.key() != base.key()
+    table = saturation.shape_comparison(((16, 2), (8, 3)))
+    assert table.run.unique().tolist() == ["d=16, 2 layers", "d=8, 3 layers"]
+    assert table.groupby("run").step.apply(list).tolist() == [[0, 10, 20], [0, 10, 20]]
+    assert (suite.model_dir(base, 16) / "complete.json").is_file()
+    assert table.groupby("run").layers.first().tolist() == [2, 3]
+    assert table.parameters.iloc[0] > table.parameters.iloc[-1]
+    assert np.all(table.heldout_loss.groupby(table.run).last() < np.log(4096))  # trained
+    assert {"tokens_per_parameter", "last_anisotropy", "singular_entropy"} <= set(table.columns)
+    monkeypatch.setattr(suite, "train_model", lambda *args, **kwargs: pytest.fail("trained again"))
+    pd.testing.assert_frame_equal(saturation.shape_comparison(((16, 2), (8, 3))), table)
