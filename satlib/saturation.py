@@ -195,8 +195,8 @@ def _derived_columns(table: pd.DataFrame) -> pd.DataFrame:
 
 #: Wider versus deeper at one parameter budget (paper §6's open question): (width, layers) pairs trained on the
 #: ``tiny`` suite's recipe, data and steps. (128, 2) is the suite's own ``tiny-d128``; (96, 6) has 0.9% more
-#: parameters, (144, 1) 1.2% fewer.
-SHAPES: tuple[tuple[int, int], ...] = ((144, 1), (128, 2), (96, 6))
+#: parameters. A third shape (144, 1) would have 1.2% fewer; it is left out to keep the book's build short.
+SHAPES: tuple[tuple[int, int], ...] = ((128, 2), (96, 6))
 
 
 def shape_spec(width: int, layers: int, base: SuiteSpec) -> SuiteSpec:

@@ -321,7 +321,8 @@ def train_suite(preset: str = "tiny") -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m satlib.suite train [--preset tiny]``: train, then measure every checkpoint."""
+    """Command line: ``python -m satlib.suite train [--preset tiny]``: train, then measure every checkpoint; also
+    train and measure the models of :func:`satlib.saturation.shape_comparison`."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m satlib.suite")
@@ -337,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{record.get('seconds_this_run')} s at {record.get('tokens_per_second')} tokens/s")  # fmt: skip
     measurements = measure(args.preset, tuple(MEASUREMENTS))  # every chapter then reads them from the cache
     print(measurements.groupby("model", sort=False).heldout_loss.agg(["first", "min", "last"]).to_string())
+    from satlib.saturation import shape_comparison
+
+    shapes = shape_comparison(base_preset=args.preset)  # chapter 07's wider-versus-deeper models, same budget
+    print(shapes.groupby("run", sort=False).heldout_loss.agg(["first", "min", "last"]).to_string())
     return 0
 
 

@@ -177,6 +177,27 @@ def test_ngram_chapter_numbers():
     assert values["ngram_status"] in ("partly reproduced", "not reproduced at this scale")
 
 
+def test_discussion_chapter_numbers():
+    """Issue 7: the heads' ranks obey the bound, the verdicts follow from the glued losses, later work is cited."""
+    values = glued_values(EXECUTED / "07_discussion.ipynb")
+    assert values["rank_linear"] == values["suite_d"] + 1  # the softmax bottleneck, measured
+    assert values["rank_contexts"] >= values["rank_equal"] and values["smol_rank_linear"] == values["smol_d"] + 1
+    helps_suite = min(values["loss_equal"], values["loss_matched"]) < values["loss_linear"] - 0.01
+    assert values["suite_mos_verdict"] == ("beats" if helps_suite else "does not beat")
+    helps_smol = values["smol_mos"] < values["smol_linear"] - 0.01
+    assert values["smol_mos_verdict"] == ("improves on" if helps_smol else "does not improve on")
+    assert values["smol_gain"] == pytest.approx(values["smol_linear"] - values["smol_mos"])
+    assert values["cost_equal"] > 1 and values["smol_cost"] > 1 and values["params_equal"] > 1
+    assert 0 <= values["suite_edge"] <= values["suite_heads"] == 4
+    assert values["wide_params"] == pytest.approx(values["deep_params"], rel=0.02)  # one budget
+    assert values["loss_winner"] == ("the wider" if values["wide_loss"] < values["deep_loss"] else "the deeper")
+    assert values["discussion_status"].startswith("tested beyond the paper: MoS helps on")
+    text = page("book/notebooks/07_discussion").get_text()
+    assert "Other people's work, not this book's results" in text
+    for reference in ("Diehl Martinez", "Fehlauer", "Kanai"):  # rendered citations resolve to the bibliography
+        assert reference in text
+
+
 def test_long_run_snapshot_is_drawn_with_a_computed_verdict():
     """Issue 10: the frozen long run, far beyond the tiny suite, with its verdict computed from the snapshot."""
     saturation_values = glued_values(EXECUTED / "01_saturation.ipynb")
@@ -195,7 +216,8 @@ def test_intro_status_table_is_computed_from_the_chapters():
     """Issue 9: the intro's status column is each chapter's own glued status, not typed."""
     keys = {"01_saturation": "saturation_status", "02_anisotropy": "anisotropy_status",
             "03_singular_values": "spectrum_status", "04_rank_constrained_heads": "heads_status",
-            "05_ngram_dimensionality": "ngram_status", "06_theory": "theory_status"}  # fmt: skip
+            "05_ngram_dimensionality": "ngram_status", "06_theory": "theory_status",
+            "07_discussion": "discussion_status"}  # fmt: skip
     rows = page("book/intro").find("table").find_all("tr")[1:]
     assert len(rows) == len(keys)
     for row, (chapter, key) in zip(rows, keys.items(), strict=True):

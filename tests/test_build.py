@@ -72,3 +72,9 @@ def test_bad_parameters_are_reported(tmp_path):
     unknown.write_text("PRESET: huge\n")
     with pytest.raises(ValueError, match="unknown preset"):
         build.execute_notebook(tmp_path / "x.ipynb", tmp_path / "y.ipynb", build.load_parameters(unknown), 5, tmp_path)
+
+
+def test_heavy_chapters_start_first():
+    names = [Path(f"notebooks/{stem}.ipynb") for stem in ("01_a", "07_discussion", "02_b", "04_rank_constrained_heads")]
+    ordered = [path.stem for path in sorted(names, key=build.execution_order)]
+    assert ordered == ["04_rank_constrained_heads", "07_discussion", "01_a", "02_b"]
