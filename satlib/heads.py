@@ -598,8 +598,8 @@ class MixtureExperiment:
 
 #: Each preset's head comparisons. ``tiny``: the largest suite model with new heads from scratch (as chapter 04's
 #: rank sweep, on the same 131,072 tokens) and SmolLM2-135M fine-tuned from its own head (a CPU cannot train a
-#: 49,152-row head from scratch on a few thousand tokens). Two rates each, to fit the book's time budget: on the
-#: suite model a third, 3e-3, was worse for every head when tried while writing the chapter.
+#: 49,152-row head from scratch on a few thousand tokens). Two rates each, to fit the book's time budget (the
+#: chapter counts the choices that sit at an edge of the grid).
 MIXTURE_EXPERIMENTS: dict[str, list[MixtureExperiment]] = {
     "tiny": [
         MixtureExperiment(EXPERIMENTS["tiny"][0], 4, (1e-2, 3e-2)),
