@@ -167,13 +167,55 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(preset: str = "tiny", seed: int = 0) -> Preset:
-    """Prepare a notebook or script to run at ``preset``: validate it, seed, apply the offline policy.
+#: What a parameter file may set for the ``pythia`` preset (``SETTINGS:`` in ``params/*.yaml``, passed to every
+#: chapter), and what each replaces. Unset names keep satlib's defaults, which follow the paper where it fits.
+SETTING_NAMES: dict[str, str] = {
+    "models": "Pythia models that chapters 01-03 measure (default satlib.evaluate.FIGURE_1A_MODELS)",
+    "steps": "their checkpoints (default satlib.evaluate.FIGURE_1A_STEPS)",
+    "pile_files": "a local JSON Lines file (field 'text') read instead of streaming the Pile",
+    "pile_tokens": "Pile tokens every checkpoint is measured on (default 50,000, as Figure 1a)",
+    "pile_context": "tokens per Pile window (default 2,048)",
+    "head_model": "backbone of the head experiments of chapters 04 and 07 (default pythia-410m)",
+    "head_ranks": "ranks of the rank-constrained heads (chapter 04)",
+    "head_learning_rates": "peak learning rates searched for each rank (chapter 04)",
+    "head_train_tokens": "tokens the new heads train on (default 1M; the paper used about 150M)",
+    "head_eval_tokens": "tokens the new heads are evaluated on",
+}
+_settings: dict[str, object] = {}
+
+
+def apply_settings(settings: dict | None, preset: str = "pythia") -> None:
+    """Replace the current settings (names of :data:`SETTING_NAMES`); ``None`` or ``{}`` restores the defaults."""
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(SETTING_NAMES))
+    if unknown:
+        raise ValueError(
+            f"unknown settings {unknown}: use names from satlib.config.SETTING_NAMES {sorted(SETTING_NAMES)}"
+        )
+    if settings and get_preset(preset).offline:
+        raise ValueError(
+            f"settings apply to the pythia preset only, not {preset!r}: drop SETTINGS or use PRESET: pythia"
+        )
+    _settings.clear()
+    _settings.update(settings)
+
+
+def setting(name: str, default: object) -> object:
+    """The value a parameter file set for ``name``, or ``default`` (satlib's own) when it set none."""
+    if name not in SETTING_NAMES:
+        raise KeyError(f"{name!r} is not a setting: see satlib.config.SETTING_NAMES")
+    return _settings.get(name, default)
+
+
+def setup(preset: str = "tiny", seed: int = 0, settings: dict | None = None) -> Preset:
+    """Prepare a notebook or script to run at ``preset``: validate it, seed, apply the offline policy and the
+    parameter file's ``settings`` (:data:`SETTING_NAMES`; ``pythia`` only).
 
     Call it once, right after the parameters cell. Under an offline preset the Hugging Face libraries are
     told to stay offline and any connection to a non-loopback address raises :class:`NetworkBlockedError`.
     """
     chosen = get_preset(preset)
+    apply_settings(settings, preset)
     # Libraries import tqdm.auto, which warns in notebooks without ipywidgets; the book shows no progress bars.
     warnings.filterwarnings("ignore", message="IProgress not found")
     if chosen.offline:

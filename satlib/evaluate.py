@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
+from satlib.config import setting
 from satlib.metrics import anisotropy_from_unit_sum, singular_values
 
 
@@ -100,25 +101,33 @@ def pile_windows(
     from satlib.data import pile_sample
     from satlib.models import load_tokenizer
 
-    tokenizer = load_tokenizer(FIGURE_1A_MODELS[0], "pythia")
+    tokenizer = load_tokenizer(pythia_models()[0], "pythia")
     needed = -(-n_tokens // context) * (context + 1)  # whole windows of context + 1 tokens
     source = {"dataset": "json", "data_files": data_files} if data_files else {}
     return evaluation_windows(pile_sample(tokenizer, needed, **source), context, n_tokens)
 
 
+def pythia_models() -> tuple[str, ...]:
+    """The Pythia models the ``pythia`` preset measures: Figure 1a's, or a parameter file's ``models`` setting."""
+    return tuple(setting("models", FIGURE_1A_MODELS))
+
+
 def default_checkpoints(preset: str) -> list[tuple[str, int]]:
-    """What a preset measures: every checkpoint of the suite (``tiny``), or Figure 1a's Pythia checkpoints."""
+    """What a preset measures: every checkpoint of the suite (``tiny``), or Figure 1a's Pythia checkpoints (the
+    ``models`` and ``steps`` settings of a parameter file replace them)."""
     from satlib.models import checkpoint_steps, suite_names
 
     if preset == "pythia":
-        return [(model, step) for model in FIGURE_1A_MODELS for step in FIGURE_1A_STEPS]
+        return [(model, int(step)) for model in pythia_models() for step in setting("steps", FIGURE_1A_STEPS)]
     return [(model, step) for model in suite_names(preset) for step in checkpoint_steps(model, preset)]
 
 
 def default_windows(preset: str) -> torch.Tensor:
-    """What a preset measures on: the corpus's validation split (``tiny``), or a Pile sample (``pythia``)."""
+    """What a preset measures on: the corpus's validation split (``tiny``), or a Pile sample (``pythia``; the
+    ``pile_tokens``, ``pile_context`` and ``pile_files`` settings of a parameter file apply)."""
     if preset == "pythia":
-        return pile_windows()
+        return pile_windows(setting("pile_tokens", PILE_TOKENS), setting("pile_context", PILE_CONTEXT),
+                            setting("pile_files", None))  # fmt: skip
     from satlib.suite import suite_spec
     from satlib.tokenization import token_ids
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
-from satlib.config import cache_dir, progress, write_atomically
+from satlib.config import cache_dir, progress, setting, write_atomically
 
 
 @dataclass(frozen=True)
@@ -309,6 +309,22 @@ EXPERIMENTS: dict[str, list[HeadExperiment]] = {
 }
 
 
+def experiments(preset: str) -> list[HeadExperiment]:
+    """A preset's head experiments: :data:`EXPERIMENTS`, with a parameter file's ``head_*`` settings applied to the
+    ``pythia`` preset's (:data:`satlib.config.SETTING_NAMES`)."""
+    if preset not in EXPERIMENTS:
+        raise ValueError(f"no head experiments for preset {preset!r}: use one of {sorted(EXPERIMENTS)}")
+    if preset != "pythia":
+        return EXPERIMENTS[preset]
+    base = EXPERIMENTS[preset][0]
+    return [replace(base, model=str(setting("head_model", base.model)),
+                    ranks=tuple(int(r) for r in setting("head_ranks", base.ranks)),
+                    learning_rates=tuple(float(r) for r in setting("head_learning_rates", base.learning_rates)),
+                    train_tokens=int(setting("head_train_tokens", base.train_tokens)),
+                    eval_tokens=int(setting("head_eval_tokens", base.eval_tokens)),
+                    context=int(setting("pile_context", base.context)))]  # fmt: skip
+
+
 def experiment_windows(
     experiment: HeadExperiment, preset: str, pile_files: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,6 +335,7 @@ def experiment_windows(
     if preset == "pythia":
         from satlib.evaluate import pile_windows
 
+        pile_files = pile_files or setting("pile_files", None)
         windows = pile_windows(experiment.train_tokens + experiment.eval_tokens, experiment.context, pile_files)
         split = -(-experiment.train_tokens // experiment.context)
         return windows[:split], windows[split:]
@@ -408,10 +425,8 @@ def run_experiment(
 def rank_constrained_heads(
     preset: str = "tiny", device: str = "cpu", dtype: str = "float32", pile_files: str | None = None
 ) -> pd.DataFrame:
-    """Every head experiment of a preset (:data:`EXPERIMENTS`), one table (Figures 6, 8 and 9)."""
-    if preset not in EXPERIMENTS:
-        raise ValueError(f"no head experiments for preset {preset!r}: use one of {sorted(EXPERIMENTS)}")
-    tables = [run_experiment(e, preset, device, dtype, pile_files) for e in EXPERIMENTS[preset]]
+    """Every head experiment of a preset (:func:`experiments`), one table (Figures 6, 8 and 9)."""
+    tables = [run_experiment(e, preset, device, dtype, pile_files) for e in experiments(preset)]
     return pd.concat(tables, ignore_index=True)
 
 
@@ -607,12 +622,29 @@ MIXTURE_EXPERIMENTS: dict[str, list[MixtureExperiment]] = {
             EXPERIMENTS["tiny"][1], 2, (1e-4, 3e-4), warm_start=True, training=HeadTraining(epochs=1, batch_tokens=256)
         ),
     ],
-    "pythia": [
+    "pythia": [  # the same two comparisons on one backbone: from scratch, and fine-tuned from its own head
         MixtureExperiment(
             EXPERIMENTS["pythia"][0], 4, (1e-3, 3e-3, 1e-2), training=HeadTraining(epochs=1, batch_tokens=8192)
-        )
+        ),
+        MixtureExperiment(
+            EXPERIMENTS["pythia"][0],
+            2,
+            (1e-4, 3e-4),
+            warm_start=True,
+            training=HeadTraining(epochs=1, batch_tokens=8192),
+        ),
     ],
 }
+
+
+def mixture_experiments(preset: str) -> list[MixtureExperiment]:
+    """A preset's head comparisons: :data:`MIXTURE_EXPERIMENTS`, on the backbone of :func:`experiments` for
+    ``pythia`` (so that a parameter file's ``head_*`` settings apply to both chapters)."""
+    if preset not in MIXTURE_EXPERIMENTS:
+        raise ValueError(f"no head comparisons for preset {preset!r}: use one of {sorted(MIXTURE_EXPERIMENTS)}")
+    if preset != "pythia":
+        return MIXTURE_EXPERIMENTS[preset]
+    return [replace(e, backbone=experiments(preset)[0]) for e in MIXTURE_EXPERIMENTS[preset]]
 
 
 def _seconds_per_token(head: torch.nn.Module, features: torch.Tensor, repeats: int = 3) -> float:
@@ -643,7 +675,8 @@ def run_mixture_experiment(
         (validation), ``parameters``, ``multiply_adds`` per token, ``chosen`` (the head's best rate); and for
         chosen rows ``rank`` (numerical rank of the log-probability matrix on ``rank_contexts`` contexts),
         ``dimension_99`` (singular directions that leave under 1% of its Frobenius norm) and
-        ``seconds_per_token`` (CPU forward pass over 4,096 tokens, measured once when the results were computed).
+        ``seconds_per_token`` (CPU forward pass over 4,096 tokens, measured once when the results were computed);
+        ``model`` and ``comparison`` (the backbone and how the heads started: one backbone may have two).
         A last row
         ``own head`` is the backbone's untrained head.
     """
@@ -684,7 +717,9 @@ def run_mixture_experiment(
                            "dimension_99": dimension_at(w_error_curve(sigma), 0.01),
                            "seconds_per_token": _seconds_per_token(head, validation[0][:4096])}  # fmt: skip
     table = table.drop(columns="module").join(pd.DataFrame.from_dict(measured, orient="index"))
-    table = table.assign(model=experiment.backbone.model, width=width, vocab_size=vocab_size)
+    start = "fine-tuned from its own head" if experiment.warm_start else "from scratch"
+    table = table.assign(model=experiment.backbone.model, comparison=f"{experiment.backbone.model}, {start}",
+                         width=width, vocab_size=vocab_size)  # fmt: skip
     write_atomically(results, table.to_json(orient="records"))
     return table
 
@@ -692,8 +727,6 @@ def run_mixture_experiment(
 def expressive_heads(
     preset: str = "tiny", device: str = "cpu", dtype: str = "float32", pile_files: str | None = None
 ) -> pd.DataFrame:
-    """Every head comparison of a preset (:data:`MIXTURE_EXPERIMENTS`), one table."""
-    if preset not in MIXTURE_EXPERIMENTS:
-        raise ValueError(f"no head comparisons for preset {preset!r}: use one of {sorted(MIXTURE_EXPERIMENTS)}")
-    tables = [run_mixture_experiment(e, preset, device, dtype, pile_files) for e in MIXTURE_EXPERIMENTS[preset]]
+    """Every head comparison of a preset (:func:`mixture_experiments`), one table."""
+    tables = [run_mixture_experiment(e, preset, device, dtype, pile_files) for e in mixture_experiments(preset)]
     return pd.concat(tables, ignore_index=True)

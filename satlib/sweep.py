@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import Executor, as_completed
+from concurrent.futures import Executor, Future, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +107,7 @@ def sweep(
     tasks: list[Task],
     windows: torch.Tensor,
     store: ResultStore | None = None,
-    executor: Executor | None = None,
+    executor: Executor | object | None = None,
     device: str = "cpu",
     dtype: str = "float32",
 ) -> pd.DataFrame:
@@ -117,7 +117,8 @@ def sweep(
         tasks: checkpoints and measurements (e.g. from :func:`tasks_for`).
         windows: (n, context + 1) token ids every checkpoint is measured on (shipped to the workers).
         store: where results go (default: ``<cache>/results``).
-        executor: any ``concurrent.futures.Executor``; None runs the tasks here, one after another.
+        executor: any ``concurrent.futures.Executor``, or any object whose ``submit`` returns jobs with a
+            ``result()`` method (a ``submitit`` executor); None runs the tasks here, one after another.
         device, dtype: where and in which precision the workers run the models.
 
     Returns:
@@ -144,7 +145,9 @@ def sweep(
             keep(task, run_task(task, windows, device, dtype))
     else:
         futures = {executor.submit(run_task, task, windows, device, dtype): task for task in todo}
-        for future in as_completed(futures):
+        # concurrent.futures futures are kept as each completes; other jobs (submitit's) are awaited in order.
+        arrived = as_completed(futures) if all(isinstance(f, Future) for f in futures) else list(futures)
+        for future in arrived:
             keep(futures[future], future.result())
     bar.close()
     rows = []

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -90,13 +91,16 @@ def token_ids(split: str, vocab_size: int) -> NDArray[np.uint16]:
 
 
 def model_token_ids(name: str, split: str, preset: str = "tiny") -> NDArray:
-    """A split encoded with the tokenizer of a registry model (e.g. SmolLM2's 49,152 tokens), cached."""
+    """A split encoded with the tokenizer of a registry model (e.g. SmolLM2's 49,152 tokens), cached under the
+    model's name and a hash of its tokenizer."""
     from satlib.models import load_tokenizer
 
     tokenizer = load_tokenizer(name, preset)
     encode = lambda texts: tokenizer(texts, add_special_tokens=False).input_ids  # noqa: E731
     end = tokenizer.eos_token_id
-    return _encode_split(split, cache_dir() / "tokenizers" / f"{name}-{CORPUS_VERSION}", encode, end)
+    # Keyed by the tokenizer itself, not only its name: a mirror or another revision may tokenize differently.
+    identity = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:10]
+    return _encode_split(split, cache_dir() / "tokenizers" / f"{name}-{CORPUS_VERSION}-{identity}", encode, end)
 
 
 def unigram_log_frequencies(ids: NDArray, vocab_size: int) -> NDArray[np.float64]:

@@ -96,3 +96,14 @@ def test_dask_cluster_survives_a_killed_worker(tmp_path, windows):
     assert 1 <= killed["stored_before"] < len(tasks())  # the kill happened mid-sweep
     assert len(list(store.root.rglob("*.json"))) == len(tasks())  # the store ends complete
     assert table.equals(serial)
+
+
+def test_submitit_executor_equals_serial(tmp_path, windows):
+    """submitit (Slurm's executor) with its local backend: jobs run in their own processes, awaited in order."""
+    submitit = pytest.importorskip("submitit")
+    serial = sweep.sweep(tasks()[:3], windows, sweep.ResultStore(tmp_path / "serial"))
+    executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="local")
+    executor.update_parameters(timeout_min=10)
+    submitted = sweep.sweep(tasks()[:3], windows, sweep.ResultStore(tmp_path / "submitit"), executor)
+    assert submitted.equals(serial)
+    assert len(list((tmp_path / "jobs").glob("*_result.pkl"))) == 3  # three jobs ran outside this process

@@ -1,0 +1,110 @@
+"""Issue 8: parameter files, the settings they carry, and the book run with one on a local mirror of the hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from satlib import build, config, evaluate, heads
+from satlib.book import glued_values
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Chapters whose code differs between presets (05 and 06 run the same computations at every preset).
+PRESET_DEPENDENT = ("01_saturation", "02_anisotropy", "03_singular_values", "04_rank_constrained_heads",
+                    "07_discussion")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def default_settings():
+    yield
+    config.apply_settings(None)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
+def test_parameter_files_are_valid(path):
+    values = build.load_parameters(path)
+    assert set(values) <= {"PRESET", "SEED", "SETTINGS"} and values["SEED"] == 0
+    config.setup(values["PRESET"], values["SEED"], values.get("SETTINGS"))  # unknown names would raise here
+    if values["PRESET"] == "pythia":
+        from satlib.data import paper_values
+        from satlib.models import checkpoint_steps, model_names
+
+        assert set(evaluate.pythia_models()) <= set(model_names("pythia"))
+        for model, step in evaluate.default_checkpoints("pythia"):
+            assert step in checkpoint_steps(model, "pythia"), f"{path.name}: no checkpoint {model} step {step}"
+        experiment = heads.experiments("pythia")[0]
+        assert experiment.model in evaluate.pythia_models()
+        width = int(paper_values("pythia_models").set_index("model").d_model[experiment.model])
+        assert {width // 4, width // 2, width} <= set(experiment.ranks)  # chapter 04 compares these
+
+
+def test_paper_file_carries_the_papers_settings():
+    settings = build.load_parameters(ROOT / "params" / "paper.yaml")["SETTINGS"]
+    assert settings["models"][0] == "pythia-14m" and settings["models"][-1] == "pythia-12b"  # 14M to 12B
+    assert settings["pile_tokens"] == 50_000 and set(evaluate.FIGURE_1A_STEPS) <= set(settings["steps"])
+
+
+def test_settings_replace_the_pythia_defaults_and_reject_bad_names():
+    config.setup("pythia", 0, {"models": ["pythia-70m"], "steps": [1000], "head_train_tokens": 4096})
+    assert evaluate.default_checkpoints("pythia") == [("pythia-70m", 1000)]
+    assert heads.experiments("pythia")[0].train_tokens == 4096
+    assert all(e.backbone.train_tokens == 4096 for e in heads.mixture_experiments("pythia"))
+    config.setup("pythia", 0)
+    assert evaluate.default_checkpoints("pythia")[0] == (evaluate.FIGURE_1A_MODELS[0], evaluate.FIGURE_1A_STEPS[0])
+    with pytest.raises(ValueError, match="unknown settings \\['model'\\]"):
+        config.setup("pythia", 0, {"model": ["pythia-70m"]})
+    with pytest.raises(ValueError, match="pythia preset only"):
+        config.setup("tiny", 0, {"models": ["pythia-70m"]})
+    config.setup("tiny", 0)
+
+
+def test_book_runs_with_a_parameter_file_on_a_local_mirror(tmp_path):
+    """``make book PARAMS=...`` with the pythia preset: every preset-dependent chapter runs end to end on hub-like
+    models saved locally (a mirror) and a local Pile stand-in. The book's offline artefacts (corpus, tokenizers,
+    the suite, SmolLM2, n-gram curves) are reused read-only from the build's cache."""
+    from conftest import write_pythia_mirror
+
+    checkpoints = [(model, step) for model in ("pythia-14m", "pythia-70m") for step in (1000, 143000)]
+    pile = write_pythia_mirror(tmp_path / "hub", checkpoints, documents=80)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("corpus", "tokenizers", "suite", "shapes", "pretrained", "ngram"):  # read-only: link each entry
+        (cache / name).mkdir()
+        for entry in (config.cache_dir() / name).glob("*"):
+            (cache / name / entry.name).symlink_to(entry)
+    settings = {"models": ["pythia-14m", "pythia-70m"], "steps": [1000, 143000], "pile_files": str(pile),
+                "pile_tokens": 1024, "pile_context": 32, "head_model": "pythia-70m", "head_ranks": [2, 4, 8, 16],
+                "head_learning_rates": [0.01, 0.03], "head_train_tokens": 2048, "head_eval_tokens": 1024}  # fmt: skip
+    parameters = tmp_path / "mirror.yaml"
+    parameters.write_text(yaml.safe_dump({"PRESET": "pythia", "SEED": 0, "SETTINGS": settings}))
+    notebooks = [str(ROOT / "notebooks" / f"{chapter}.ipynb") for chapter in PRESET_DEPENDENT]
+    environment = dict(os.environ, SATLIB_HUB_MIRROR=str(tmp_path / "hub"), SATLIB_CACHE_DIR=str(cache))
+    result = subprocess.run(
+        [sys.executable, "-m", "satlib.build", "execute", *notebooks, "--parameters", str(parameters),
+         "--out", str(tmp_path / "out"), "--logs", str(tmp_path / "logs"), "--jobs", "2", "--timeout", "600"],
+        cwd=ROOT, env=environment, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    statuses = {"01_saturation": "saturation_status", "02_anisotropy": "anisotropy_status",
+                "03_singular_values": "spectrum_status", "04_rank_constrained_heads": "heads_status",
+                "07_discussion": "discussion_status"}  # fmt: skip
+    for chapter, key in statuses.items():
+        executed = tmp_path / "out" / f"{chapter}.ipynb"
+        cells = json.loads(executed.read_text())["cells"]
+        injected = [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert len(injected) == 1 and "pythia-70m" in "".join(injected[0]["source"])
+        assert glued_values(executed)[key], f"{chapter}: no status"
+    results = sorted((cache / "results" / "pythia").glob("*/step*/*.json"))
+    assert {path.parts[-3] for path in results} == {"pythia-14m", "pythia-70m"}  # measured the mirror's models
+
+
+def test_every_setting_is_documented():
+    text = (ROOT / "book" / "reproducibility.md").read_text()
+    assert all(f"`{name}`" in text for name in config.SETTING_NAMES)
+    assert "make book PARAMS=params/paper.yaml" in text and "**not\nmeasured yet**" in text
