@@ -94,6 +94,9 @@ def execute_notebook(
         env["OMP_NUM_THREADS"] = str(threads)
     if get_preset(parameters.get("PRESET", "tiny")).offline:
         env.update(HF_OFFLINE_VARIABLES)
+    elif "SATLIB_HUB_MIRROR" not in env:  # the hub is needed (the Makefile sets offline mode for tiny builds)
+        for name in HF_OFFLINE_VARIABLES:
+            env.pop(name, None)
     start = time.perf_counter()
     with open(log_dir / f"{notebook.stem}.log", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -114,8 +117,8 @@ def execute_notebook(
     return Execution(notebook, output, seconds, error)
 
 
-#: Chapters that train heads for minutes on first run: started first, so that the other worker runs the short
-#: chapters meanwhile instead of idling at the end.
+#: Chapters that train heads for minutes on first run: started first (side by side with the default two workers),
+#: so that the short chapters fill in after the first of them ends instead of leaving a worker idle at the end.
 HEAVY_FIRST = ("04_rank_constrained_heads", "07_discussion")
 
 

@@ -174,14 +174,25 @@ SETTING_NAMES: dict[str, str] = {
     "steps": "their checkpoints (default satlib.evaluate.FIGURE_1A_STEPS)",
     "pile_files": "a local JSON Lines file (field 'text') read instead of streaming the Pile",
     "pile_tokens": "Pile tokens every checkpoint is measured on (default 50,000, as Figure 1a)",
-    "pile_context": "tokens per Pile window (default 2,048)",
+    "pile_context": "tokens per Pile window, also the context of the head experiments (default 2,048)",
     "head_model": "backbone of the head experiments of chapters 04 and 07 (default pythia-410m)",
     "head_ranks": "ranks of the rank-constrained heads (chapter 04)",
     "head_learning_rates": "peak learning rates searched for each rank (chapter 04)",
     "head_train_tokens": "tokens the new heads train on (default 1M; the paper used about 150M)",
     "head_eval_tokens": "tokens the new heads are evaluated on",
 }
+#: The type of each setting: a scalar type, or a list of that type.
+SETTING_TYPES: dict[str, type | list[type]] = {
+    "models": [str], "steps": [int], "pile_files": str, "pile_tokens": int, "pile_context": int, "head_model": str,
+    "head_ranks": [int], "head_learning_rates": [float], "head_train_tokens": int, "head_eval_tokens": int,
+}  # fmt: skip
 _settings: dict[str, object] = {}
+
+
+def _fits(value: object, kind: type) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
 
 
 def apply_settings(settings: dict | None, preset: str = "pythia") -> None:
@@ -192,6 +203,13 @@ def apply_settings(settings: dict | None, preset: str = "pythia") -> None:
         raise ValueError(
             f"unknown settings {unknown}: use names from satlib.config.SETTING_NAMES {sorted(SETTING_NAMES)}"
         )
+    for name, value in settings.items():
+        kind = SETTING_TYPES[name]
+        if isinstance(kind, list):
+            if not isinstance(value, list) or not value or not all(_fits(v, kind[0]) for v in value):
+                raise ValueError(f"setting {name} must be a non-empty list of {kind[0].__name__}, got {value!r}")
+        elif not _fits(value, kind):
+            raise ValueError(f"setting {name} must be of type {kind.__name__}, got {value!r}")
     if settings and get_preset(preset).offline:
         raise ValueError(
             f"settings apply to the pythia preset only, not {preset!r}: drop SETTINGS or use PRESET: pythia"

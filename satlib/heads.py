@@ -363,7 +363,7 @@ def cached_features(
 
     from satlib.models import load
 
-    path = _experiment_dir(experiment, preset, dtype) / "features.safetensors"
+    path = _experiment_dir(experiment, preset, dtype, pile_files) / "features.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.parent / ".lock")):  # chapters run side by side ask for the same features: compute once
         if not path.is_file():
@@ -382,13 +382,16 @@ def cached_features(
             (tensors["validation_features"], tensors["validation_targets"]), tensors["head"])  # fmt: skip
 
 
-def _experiment_dir(experiment: HeadExperiment, preset: str, dtype: str = "float32") -> Path:
+def _experiment_dir(
+    experiment: HeadExperiment, preset: str, dtype: str = "float32", pile_files: str | None = None
+) -> Path:
     """Cache folder of an experiment: its settings, the backbone checkpoint's location (a retrained suite lives
-    elsewhere) and the dtype all enter the key."""
+    elsewhere), the dtype and, for ``pythia``, the Pile's source (streamed, or which local file) enter the key."""
     from satlib.models import model_path
 
     checkpoint = str(model_path(experiment.model, experiment.step, preset))
-    key = hashlib.sha256(f"{experiment.key()}|{checkpoint}|{dtype}".encode()).hexdigest()[:10]
+    source = f"|pile={pile_files or setting('pile_files', None) or 'stream'}" if preset == "pythia" else ""
+    key = hashlib.sha256(f"{experiment.key()}|{checkpoint}|{dtype}{source}".encode()).hexdigest()[:10]
     return cache_dir() / "heads" / preset / f"{experiment.model}-{key}"
 
 
@@ -404,7 +407,7 @@ def run_experiment(
     """
     from satlib.metrics import singular_values, w_error
 
-    results = _experiment_dir(experiment, preset, dtype) / "sweep.json"
+    results = _experiment_dir(experiment, preset, dtype, pile_files) / "sweep.json"
     train, validation, head = cached_features(experiment, preset, device, dtype, pile_files)
     if results.is_file():
         table = pd.read_json(results, orient="records")
@@ -613,11 +616,12 @@ class MixtureExperiment:
 
 #: Each preset's head comparisons. ``tiny``: the largest suite model with new heads from scratch (as chapter 04's
 #: rank sweep, on the same 131,072 tokens) and SmolLM2-135M fine-tuned from its own head (a CPU cannot train a
-#: 49,152-row head from scratch on a few thousand tokens). Two rates each, to fit the book's time budget (the
-#: chapter counts the choices that sit at an edge of the grid).
+#: 49,152-row head from scratch on a few thousand tokens). Three rates for the suite model, two for SmolLM2 (each
+#: of its heads costs as much as four of the suite model's), to fit the book's time budget; the chapter counts the
+#: choices that sit at an edge of a grid.
 MIXTURE_EXPERIMENTS: dict[str, list[MixtureExperiment]] = {
     "tiny": [
-        MixtureExperiment(EXPERIMENTS["tiny"][0], 4, (1e-2, 3e-2)),
+        MixtureExperiment(EXPERIMENTS["tiny"][0], 4, (3e-3, 1e-2, 3e-2)),
         MixtureExperiment(
             EXPERIMENTS["tiny"][1], 2, (1e-4, 3e-4), warm_start=True, training=HeadTraining(epochs=1, batch_tokens=256)
         ),
@@ -680,29 +684,30 @@ def run_mixture_experiment(
         A last row
         ``own head`` is the backbone's untrained head.
     """
-    from satlib.metrics import w_error_curve
+    from satlib.metrics import rank_of_spectrum, w_error_curve
     from satlib.ngram import dimension_at
 
-    results = _experiment_dir(experiment.backbone, preset, dtype) / f"mixture-{experiment.key()}.json"
+    results = _experiment_dir(experiment.backbone, preset, dtype, pile_files) / f"mixture-{experiment.key()}.json"
     if results.is_file():
         return pd.read_json(results, orient="records")
     train, validation, own_head = cached_features(experiment.backbone, preset, device, dtype, pile_files)
     vocab_size, width = own_head.shape
     factories = experiment.head_factories(vocab_size, width, own_head)
-    rows = []
+    rows, best = [], {}  # best: label -> (validation loss, trained head); only one module per head is kept
     configurations = [(label, rate) for label in factories for rate in experiment.learning_rates]
     for label, rate in progress(configurations, desc=f"heads on {experiment.backbone.model}", unit="head", leave=False):
-        generator = torch.Generator().manual_seed(experiment.training.seed)
-        head = factories[label](generator)
-        fit_head(head, *train, rate, experiment.training, device, generator)
+        head = factories[label](torch.Generator().manual_seed(experiment.training.seed))
+        fit_head(head, *train, rate, experiment.training, device)  # the same data order for every head
         loss, accuracy = evaluate_head(head, *validation)
         rows.append({"head": label, "learning_rate": rate, "loss": loss, "accuracy": accuracy,
-                     "parameters": parameter_count(head), "multiply_adds": head.multiply_adds(),
-                     "module": head.cpu()})  # fmt: skip
+                     "parameters": parameter_count(head), "multiply_adds": head.multiply_adds()})  # fmt: skip
+        if label not in best or loss < best[label][0]:
+            best[label] = (loss, head.cpu())
     own = MixtureOfSoftmaxes.from_head(own_head, 1)  # the linear head itself, timed and measured alike
     loss, accuracy = evaluate_head(own, *validation)
     rows.append({"head": "own head", "learning_rate": float("nan"), "loss": loss, "accuracy": accuracy,
-                 "parameters": parameter_count(own), "multiply_adds": own.multiply_adds(), "module": own})  # fmt: skip
+                 "parameters": parameter_count(own), "multiply_adds": own.multiply_adds()})  # fmt: skip
+    best["own head"] = (loss, own)
     table = pd.DataFrame(rows)
     table["chosen"] = False
     table.loc[table.groupby("head").loss.idxmin(), "chosen"] = True
@@ -710,13 +715,12 @@ def run_mixture_experiment(
     contexts = validation[0][:: validation[0].shape[0] // count][:count]
     measured = {}
     for index in table.index[table.chosen]:
-        head = table.at[index, "module"]
+        head = best[table.at[index, "head"]][1]
         sigma = log_probability_spectrum(head, contexts)
-        tolerance = max(contexts.shape[0], vocab_size) * np.finfo(np.float64).eps * sigma[0]  # NumPy's matrix_rank
-        measured[index] = {"rank": int(np.sum(sigma > tolerance)),
+        measured[index] = {"rank": rank_of_spectrum(sigma, contexts.shape[0], vocab_size), "rank_contexts": count,
                            "dimension_99": dimension_at(w_error_curve(sigma), 0.01),
                            "seconds_per_token": _seconds_per_token(head, validation[0][:4096])}  # fmt: skip
-    table = table.drop(columns="module").join(pd.DataFrame.from_dict(measured, orient="index"))
+    table = table.join(pd.DataFrame.from_dict(measured, orient="index"))
     start = "fine-tuned from its own head" if experiment.warm_start else "from scratch"
     table = table.assign(model=experiment.backbone.model, comparison=f"{experiment.backbone.model}, {start}",
                          width=width, vocab_size=vocab_size)  # fmt: skip

@@ -114,11 +114,17 @@ def effective_rank(singular_values: ArrayLike) -> float:
 
 def numerical_rank(matrix: Any, rtol: float | None = None) -> int:
     """Number of singular values above ``rtol * sigma_max`` (default: ``max(shape) * eps``, as NumPy)."""
-    sigma = singular_values(matrix)
-    if sigma.size == 0 or sigma[0] == 0:
+    return rank_of_spectrum(singular_values(matrix), *np.shape(matrix), rtol=rtol)
+
+
+def rank_of_spectrum(singular_values: ArrayLike, rows: int, columns: int, rtol: float | None = None) -> int:
+    """Numerical rank of a (rows, columns) matrix from its singular values: those above ``rtol * sigma_max``
+    (default ``max(rows, columns) * eps``, as ``numpy.linalg.matrix_rank``)."""
+    sigma = np.asarray(singular_values, dtype=np.float64)
+    if sigma.size == 0 or sigma.max() == 0:
         return 0
-    tolerance = (max(np.shape(matrix)) * np.finfo(np.float64).eps) if rtol is None else rtol
-    return int(np.sum(sigma > tolerance * sigma[0]))
+    tolerance = (max(rows, columns) * np.finfo(np.float64).eps) if rtol is None else rtol
+    return int(np.sum(sigma > tolerance * sigma.max()))
 
 
 def frequency_alignment(head: Any, log_frequency: Any, k: int = 5) -> NDArray[np.float64]:

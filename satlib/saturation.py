@@ -195,7 +195,7 @@ def _derived_columns(table: pd.DataFrame) -> pd.DataFrame:
 
 #: Wider versus deeper at one parameter budget (paper §6's open question): (width, layers) pairs trained on the
 #: ``tiny`` suite's recipe, data and steps. (128, 2) is the suite's own ``tiny-d128``; (96, 6) has 0.9% more
-#: parameters. A third shape (144, 1) would have 1.2% fewer; it is left out to keep the book's build short.
+#: parameters. A third shape (144, 1) would have 1.0% fewer; it is left out to keep the book's build short.
 SHAPES: tuple[tuple[int, int], ...] = ((128, 2), (96, 6))
 
 
@@ -211,7 +211,7 @@ def shape_comparison(shapes: tuple[tuple[int, int], ...] = SHAPES, base_preset: 
     """Train (cached) and measure models of one budget but different shapes at every evenly spaced checkpoint.
 
     Each checkpoint is measured as in the long run (:func:`measure_checkpoint`). The table is cached as JSON
-    under ``<cache>/shapes/``, keyed by the suites that trained the models.
+    under ``<cache>/shapes/``, keyed by the suites that trained the models and the sample size.
 
     Returns:
         One row per shape and checkpoint: ``run`` (e.g. ``d=96, 6 layers``), ``width``, ``layers``,
@@ -228,7 +228,7 @@ def shape_comparison(shapes: tuple[tuple[int, int], ...] = SHAPES, base_preset: 
 
     base = suite_spec(base_preset)
     specs = [(shape_spec(width, layers, base), width, layers) for width, layers in shapes]
-    key = json.dumps([[asdict(spec), width] for spec, width, _ in specs], sort_keys=True)
+    key = json.dumps([[[asdict(spec), width] for spec, width, _ in specs], SAMPLE_TOKENS], sort_keys=True)
     path = cache_dir() / "shapes" / f"{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
     if not path.is_file():
         train_ids = token_ids("train", base.vocab_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
@@ -224,3 +225,33 @@ def test_fit_head_trains_a_mixture_towards_a_mixture_target():
         losses[components] = heads.evaluate_head(head, features[5000:], targets[5000:])[0]
     optimum = heads.evaluate_head(target, features[5000:], targets[5000:])[0]
     assert losses[2] < losses[1] - 0.05 and min(losses.values()) > optimum - 0.05
+
+
+def test_mixture_comparison_on_a_local_pythia_copy(tmp_path, monkeypatch):
+    """Chapter 07's comparison through the pythia code path (a local mirror): every head at every rate, one best
+    per head, the linear heads' log-probability rank at d + 1, and the table cached."""
+    from conftest import write_pythia_mirror
+
+    from satlib import config, models
+
+    pile = write_pythia_mirror(tmp_path, [("pythia-70m", 143000)], documents=40)
+    monkeypatch.setenv(models.HUB_MIRROR_ENV, str(tmp_path))
+    monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "cache"))
+    settings = {"models": ["pythia-70m"], "head_model": "pythia-70m", "head_train_tokens": 1024,
+                "head_eval_tokens": 512, "pile_context": 32, "pile_files": str(pile)}  # fmt: skip
+    config.apply_settings(settings)
+    try:
+        table = heads.expressive_heads("pythia")
+        assert list(dict.fromkeys(table.comparison)) == ["pythia-70m, from scratch",
+                                                         "pythia-70m, fine-tuned from its own head"]  # fmt: skip
+        for _, group in table.groupby("comparison"):
+            assert group.groupby("head").chosen.sum().eq(1).all()
+            chosen = group[group.chosen].set_index("head")
+            assert chosen.loc["linear", "rank"] == chosen.loc["own head", "rank"] == 17  # d + 1 for d = 16
+            assert (chosen.rank_contexts == 34).all() and chosen.loss.lt(np.log(4096) + 1).all()
+        scratch = table[table.comparison.str.endswith("scratch")].set_index(["head", "learning_rate"])
+        assert len(scratch) == 4 * 3 + 1  # four heads x three rates, and the own head
+        monkeypatch.setattr(heads, "fit_head", lambda *args, **kwargs: pytest.fail("trained again"))
+        pd.testing.assert_frame_equal(heads.expressive_heads("pythia"), table)
+    finally:
+        config.apply_settings(None)
