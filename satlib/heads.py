@@ -581,6 +581,8 @@ class MixtureExperiment:
         warm_start: heads start from the backbone's own head (:meth:`MixtureOfSoftmaxes.from_head`) instead of
             from scratch; there is then no narrower matched-parameter mixture (the residual needs d' = d).
         training: epochs and batch size (``init`` is not used).
+        train_tokens: how many of the backbone's cached training features the heads train on (default all; fewer
+            take every k-th window, so that they still cover the whole split).
         rank_contexts: validation contexts on which the log-probability matrix's rank is measured (default
             2 (d + 1): more than the linear head's bound, so that the bound shows).
     """
@@ -590,7 +592,13 @@ class MixtureExperiment:
     learning_rates: tuple[float, ...]
     warm_start: bool = False
     training: HeadTraining = HeadTraining(epochs=1)
+    train_tokens: int | None = None
     rank_contexts: int | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens of the heads."""
+        return min(self.train_tokens or self.backbone.train_tokens, self.backbone.train_tokens)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
@@ -614,14 +622,14 @@ class MixtureExperiment:
         }
 
 
-#: Each preset's head comparisons. ``tiny``: the largest suite model with new heads from scratch (as chapter 04's
-#: rank sweep, on the same 131,072 tokens) and SmolLM2-135M fine-tuned from its own head (a CPU cannot train a
+#: Each preset's head comparisons. ``tiny``: the largest suite model with new heads from scratch (on every other
+#: window of chapter 04's cached features) and SmolLM2-135M fine-tuned from its own head (a CPU cannot train a
 #: 49,152-row head from scratch on a few thousand tokens). Three rates for the suite model, two for SmolLM2 (each
 #: of its heads costs as much as four of the suite model's), to fit the book's time budget; the chapter counts the
 #: choices that sit at an edge of a grid.
 MIXTURE_EXPERIMENTS: dict[str, list[MixtureExperiment]] = {
     "tiny": [
-        MixtureExperiment(EXPERIMENTS["tiny"][0], 4, (3e-3, 1e-2, 3e-2)),
+        MixtureExperiment(EXPERIMENTS["tiny"][0], 4, (3e-3, 1e-2, 3e-2), train_tokens=65_536),
         MixtureExperiment(
             EXPERIMENTS["tiny"][1], 2, (1e-4, 3e-4), warm_start=True, training=HeadTraining(epochs=1, batch_tokens=256)
         ),
@@ -639,6 +647,18 @@ MIXTURE_EXPERIMENTS: dict[str, list[MixtureExperiment]] = {
         ),
     ],
 }
+
+
+def thin_windows(
+    features: torch.Tensor, targets: torch.Tensor, context: int, tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most ``tokens`` rows of cached (N, d) features and (N,) targets, taken as every k-th window of
+    ``context`` rows, so that a smaller sample still covers the whole split the windows were spread over."""
+    if tokens >= features.shape[0]:
+        return features, targets
+    every = -(-features.shape[0] // tokens)
+    kept = (torch.arange(features.shape[0]) // context) % every == 0
+    return features[kept][:tokens], targets[kept][:tokens]
 
 
 def mixture_experiments(preset: str) -> list[MixtureExperiment]:
@@ -691,6 +711,7 @@ def run_mixture_experiment(
     if results.is_file():
         return pd.read_json(results, orient="records")
     train, validation, own_head = cached_features(experiment.backbone, preset, device, dtype, pile_files)
+    train = thin_windows(*train, experiment.backbone.context, experiment.tokens)
     vocab_size, width = own_head.shape
     factories = experiment.head_factories(vocab_size, width, own_head)
     rows, best = [], {}  # best: label -> (validation loss, trained head); only one module per head is kept

@@ -255,3 +255,27 @@ def test_mixture_comparison_on_a_local_pythia_copy(tmp_path, monkeypatch):
         pd.testing.assert_frame_equal(heads.expressive_heads("pythia"), table)
     finally:
         config.apply_settings(None)
+
+
+def test_thin_windows_keeps_whole_windows_spread_over_the_sample():
+    features, targets = torch.arange(40.0)[:, None], torch.arange(40)
+    thinned, kept = heads.thin_windows(features, targets, context=4, tokens=20)
+    assert kept.tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27, 32, 33, 34, 35]
+    assert thinned[:, 0].tolist() == kept.tolist()
+    assert heads.thin_windows(features, targets, context=4, tokens=12)[1].tolist() == [
+        0,
+        1,
+        2,
+        3,
+        16,
+        17,
+        18,
+        19,
+        32,
+        33,
+        34,
+        35,
+    ]
+    assert heads.thin_windows(features, targets, context=4, tokens=40)[1] is targets
+    experiment = heads.MixtureExperiment(heads.EXPERIMENTS["tiny"][0], 4, (0.01,), train_tokens=10**9)
+    assert experiment.tokens == heads.EXPERIMENTS["tiny"][0].train_tokens  # never more than the backbone's
