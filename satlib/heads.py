@@ -433,6 +433,20 @@ def rank_constrained_heads(
     return pd.concat(tables, ignore_index=True)
 
 
+def chosen_at_grid_edge(table: pd.DataFrame, by: str) -> pd.Series:
+    """Whether each chosen learning rate is the smallest or the largest searched in its group (column ``by``): a
+    choice at the edge of a grid leaves open whether a rate beyond it would do better. Rows without a rate (a
+    model's own head) are left out.
+
+    Args:
+        table: rows of :func:`rank_sweep` or :func:`run_mixture_experiment` (``learning_rate``, ``chosen``, ``by``).
+    """
+    searched = table[table.learning_rate.notna()]
+    chosen = searched[searched.chosen]
+    rates = searched.groupby(by).learning_rate
+    return chosen.learning_rate.eq(chosen[by].map(rates.min())) | chosen.learning_rate.eq(chosen[by].map(rates.max()))
+
+
 def degradation_onset(ranks: list[int], losses: list[float], w_errors: list[float], tolerance: float = 0.02) -> dict:
     """Where a rank-constrained head starts to lose: the largest rank whose loss exceeds the full-rank loss by more
     than ``tolerance`` (relative), and the W-error of the original head at that rank (paper Figure 8).

@@ -126,7 +126,6 @@ def run(
         The snapshot: ``provenance`` and ``rows`` (one per run, width and checkpoint).
     """
     import torch
-    from transformers import GPTNeoXForCausalLM
 
     from satlib.config import progress, write_atomically
     from satlib.evaluate import evaluation_windows
@@ -148,7 +147,7 @@ def run(
                 "seconds_last_session": record["seconds_this_run"],
                 "tokens_per_second_last_session": record["tokens_per_second"],
             }
-            parameters = sum(p.numel() for p in GPTNeoXForCausalLM(spec.model_config(width)).parameters())
+            parameters = spec.parameter_count(width)
             for step in progress(spec.checkpoint_steps(), desc=f"measure {spec.schedule} d={width}", leave=False):
                 values = measure_checkpoint(model_dir(spec, width) / f"step{step}", validation, training)
                 rows.append({"schedule": spec.schedule, "width": width, "parameters": parameters, "step": step,
@@ -219,8 +218,6 @@ def shape_comparison(shapes: tuple[tuple[int, int], ...] = SHAPES, base_preset: 
     """
     import hashlib
 
-    from transformers import GPTNeoXForCausalLM
-
     from satlib.config import cache_dir, progress, write_atomically
     from satlib.evaluate import evaluation_windows
     from satlib.suite import suite_spec, train_model
@@ -237,7 +234,7 @@ def shape_comparison(shapes: tuple[tuple[int, int], ...] = SHAPES, base_preset: 
         rows = []
         for spec, width, layers in specs:
             folder = train_model(spec, width, train_ids)
-            parameters = sum(p.numel() for p in GPTNeoXForCausalLM(spec.model_config(width)).parameters())
+            parameters = spec.parameter_count(width)
             spacing = max(1, spec.steps // spec.checkpoints_evenly)
             steps = [step for step in spec.checkpoint_steps() if step % spacing == 0]
             for step in progress(steps, desc=f"measure d={width}, {layers} layers", leave=False):

@@ -112,6 +112,12 @@ class SuiteSpec:
             eos_token_id=0,
         )
 
+    def parameter_count(self, width: int) -> int:
+        """Parameters of the model of hidden size ``width`` (embedding and untied head included)."""
+        from transformers import GPTNeoXForCausalLM
+
+        return sum(parameter.numel() for parameter in GPTNeoXForCausalLM(self.model_config(width)).parameters())
+
 
 #: The suite of each preset that trains models here (the ``pythia`` preset uses the real Pythia suite).
 SUITES: dict[str, SuiteSpec] = {

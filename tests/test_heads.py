@@ -279,3 +279,11 @@ def test_thin_windows_keeps_whole_windows_spread_over_the_sample():
     assert heads.thin_windows(features, targets, context=4, tokens=40)[1] is targets
     experiment = heads.MixtureExperiment(heads.EXPERIMENTS["tiny"][0], 4, (0.01,), train_tokens=10**9)
     assert experiment.tokens == heads.EXPERIMENTS["tiny"][0].train_tokens  # never more than the backbone's
+
+
+def test_chosen_at_grid_edge_per_group():
+    table = pd.DataFrame({"model": ["a", "a", "a", "b", "b", "b", "b"],
+                          "learning_rate": [0.1, 0.2, 0.3, 0.1, 0.2, 0.3, float("nan")],
+                          "chosen": [False, True, False, False, False, True, True]})  # fmt: skip
+    edges = heads.chosen_at_grid_edge(table, "model")
+    assert edges.to_dict() == {1: False, 5: True}  # the own head (no rate) is left out

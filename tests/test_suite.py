@@ -36,6 +36,15 @@ def test_checkpoint_schedule_has_pythias_shape():
     assert {spec.steps // 10 * k for k in range(1, 11)} <= set(steps)
 
 
+def test_parameter_count_matches_the_closed_form():
+    """GPT-NeoX with untied head: 2 V d (embedding, head) + per layer 12 d^2 + 13 d (attention, MLP, two norms,
+    biases) + 2 d (final norm)."""
+    spec = suite.SUITES["tiny"]
+    for width in (16, 128):
+        per_layer = 12 * width**2 + 13 * width
+        assert spec.parameter_count(width) == 2 * spec.vocab_size * width + spec.n_layers * per_layer + 2 * width
+
+
 def test_learning_rate_schedule():
     spec = suite.SUITES["tiny"]
     warmup = round(0.01 * spec.steps)
