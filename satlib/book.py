@@ -10,10 +10,16 @@
 
 from __future__ import annotations
 
+import ast
+import json
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import matplotlib as mpl
+import pandas as pd
+
+from satlib.claims import records_json
 
 #: Colours of the book's figures, in the order series are drawn (colour-blind safe, Okabe & Ito 2008).
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -52,7 +58,7 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
         value = value.item()
     try:
-        from myst_nb import glue as myst_glue
+        from myst_nb import glue as myst_glue  # optional dependency: the book build's (absent on Colab)
     except ImportError:
         if display:
             print(f"{name} = {value}")
@@ -92,10 +98,6 @@ def glued_values(executed_notebook: Any) -> dict[str, Any]:
     Args:
         executed_notebook: path to an executed ``.ipynb`` (or its parsed JSON as a dict).
     """
-    import ast
-    import json
-    from pathlib import Path
-
     notebook = executed_notebook
     if not isinstance(notebook, dict):
         notebook = json.loads(Path(executed_notebook).read_text())
@@ -112,3 +114,47 @@ def glued_values(executed_notebook: Any) -> dict[str, Any]:
             except (ValueError, SyntaxError):
                 values[record["name"]] = text
     return values
+
+
+#: How the book writes model names in legends and tables.
+DISPLAY_NAMES = {"smollm2-135m": "SmolLM2-135M"}
+
+
+def display_name(model: str) -> str:
+    """The book's spelling of a model name: ``SmolLM2-135M``, ``Pythia-70M``; the suite's own names unchanged."""
+    if model in DISPLAY_NAMES:
+        return DISPLAY_NAMES[model]
+    if model.startswith("pythia-"):
+        return "Pythia-" + model.removeprefix("pythia-").upper()
+    return model
+
+
+def table(
+    frame: Any, formats: dict[str, str] | str | None = None, empty: str = "—", name: str = "table", index: bool = True
+) -> Any:
+    """A table formatted for reading: chosen formats per column (``"{:.3f}"``), ``empty`` where a value is missing
+    (say what the empty cell means), a fixed HTML id (the same page on every build), the index shown or hidden."""
+    styler = frame.style.set_uuid(name).format(formats, na_rep=empty)
+    return styler if index else styler.hide(axis="index")
+
+
+def claims_table(claims: list[Any]) -> Any:
+    """The ledger rows of a chapter (:class:`satlib.claims.Claim` records) as a table: claim, verdict, the paper's
+    and the book's values."""
+    rows = [{"claim": c.id, "verdict": c.verdict, "paper": c.paper_value, "this book": c.book_value} for c in claims]
+    return table(pd.DataFrame(rows), name="claims", index=False).set_properties(**{"text-align": "left"})
+
+
+def status_line(claims: list[Any]) -> str:
+    """One line for a chapter's header: each verdict of its claims, with how many claims have it."""
+    counts: dict[str, int] = {}
+    for claim in claims:
+        verdict = claim.verdict.split(":")[0] if claim.verdict.startswith("tested beyond") else claim.verdict
+        counts[verdict] = counts.get(verdict, 0) + 1
+    return "; ".join(f"{verdict} ({count})" for verdict, count in counts.items())
+
+
+def glue_claims(claims: list[Any]) -> None:
+    """Glue a chapter's ledger records for the build (``claims``, JSON) and its one-line status (``status``)."""
+    glue("claims", records_json(claims))
+    glue("status", status_line(claims))

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from satlib.config import HF_OFFLINE_VARIABLES, get_preset
+from satlib.network import HF_OFFLINE_VARIABLES
+from satlib.presets import get_preset
 
 #: Cell tags papermill adds to an executed notebook; cells carrying them are not in the source notebook.
 PAPERMILL_TAGS = frozenset({"injected-parameters", "papermill-error-cell-tag"})

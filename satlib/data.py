@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from satlib.config import cache_dir, data_dir, network_available, progress, write_atomically
+from satlib.config import cache_dir, data_dir
+from satlib.errors import ConfigurationError, DamagedArtefactError, MissingArtefactError
+from satlib.network import network_available, require_network
+from satlib.storage import progress, write_atomically
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data_files"
 #: Pythia's repository at the commit the evaluation files were taken from (see ../shared/README.md).
@@ -40,7 +43,7 @@ def paper_values(name: str) -> pd.DataFrame:
     path = PACKAGE_DATA / "paper" / f"{name}.csv"
     if not path.is_file():
         available = sorted(p.stem for p in (PACKAGE_DATA / "paper").glob("*.csv"))
-        raise ValueError(f"no paper table {name!r}: available tables are {available}")
+        raise ConfigurationError(f"no paper table {name!r}: available tables are {available}")
     return pd.read_csv(path, comment="#")
 
 
@@ -83,7 +86,7 @@ def pythia_evals_dir(directory: Path | None = None, base_url: str = PYTHIA_EVALS
         missing = [p for p in expected if not (folder / p).is_file()]
         local_server = base_url.startswith(("http://127.0.0.1", "http://localhost"))
         if not local_server and not network_available("raw.githubusercontent.com"):
-            raise FileNotFoundError(
+            raise MissingArtefactError(
                 f"Pythia's evaluation files are not in {candidates[0]} and there is no network to download them: "
                 f"set SATLIB_DATA_DIR to a folder holding pythia-evals/ (see README.md)"
             )
@@ -91,7 +94,7 @@ def pythia_evals_dir(directory: Path | None = None, base_url: str = PYTHIA_EVALS
             _download(base_url + relative, folder / relative)
     corrupt = [p for p, digest in expected.items() if _sha256(folder / p) != digest]
     if corrupt:
-        raise ValueError(
+        raise DamagedArtefactError(
             f"{len(corrupt)} Pythia evaluation files in {folder} fail their checksum (first: {corrupt[0]}): "
             "delete them and run again to fetch clean copies"
         )
@@ -102,7 +105,9 @@ def _parse_variant(folder_name: str) -> tuple[str, bool, str]:
     """``pythia-1b-bf16`` -> (``pythia-1b``, deduped=False, variant ``bf16``); the 1B bf16 run is the standard 1B."""
     match = _VARIANT.match(folder_name)
     if match is None:
-        raise ValueError(f"unexpected Pythia folder name {folder_name!r}")
+        raise DamagedArtefactError(
+            f"unexpected Pythia folder name {folder_name!r}: is the data directory's pythia-evals complete?"
+        )
     suffixes = [s for s in match["suffix"].split("-") if s]
     deduped = "deduped" in suffixes
     variant = "-".join(s for s in suffixes if s != "deduped")
@@ -165,7 +170,9 @@ def evaluation_curves(
         & table.variant.isin(["", "bf16"])
     ]
     if selected.empty:
-        raise ValueError(f"no {shots}-shot results for task {task!r} and metric {metric!r}: check table.task/metric")
+        raise ConfigurationError(
+            f"no {shots}-shot results for task {task!r} and metric {metric!r}: check table.task/metric"
+        )
     curves = selected.pivot_table(index="step", columns="model", values="value", aggfunc="first")
     order = selected.drop_duplicates("model").sort_values("n_params").model
     return curves[list(order)]
@@ -189,13 +196,11 @@ def pile_sample(
     with the ``datasets`` library (only what is needed is downloaded); ``dataset="json"`` with ``data_files``
     reads a local copy instead, as the tests do.
     """
-    import datasets
+    import datasets  # optional dependency (extra "pythia"): only the pythia preset reads The Pile
 
-    if data_files is None and not network_available("huggingface.co"):
-        raise ConnectionError(
-            f"streaming {dataset} needs the Hugging Face hub and there is no network: run the book with "
-            "PRESET='tiny' (make book), or pass data_files= a local JSON Lines copy with a 'text' field"
-        )
+    if data_files is None:
+        require_network(f"streaming {dataset}", "run the book with PRESET='tiny' (make book), or set the pile_files "
+                        "setting to a local JSON Lines copy with a 'text' field")  # fmt: skip
     stream = datasets.load_dataset(dataset, split=split if data_files is None else "train", streaming=True,
                                    data_files=data_files)  # fmt: skip
     ids: list[int] = []
@@ -204,5 +209,5 @@ def pile_sample(
         if len(ids) > n_tokens:
             break
     if len(ids) <= n_tokens:
-        raise ValueError(f"{dataset} gave only {len(ids)} tokens, fewer than the {n_tokens} asked for")
+        raise ConfigurationError(f"{dataset} gave only {len(ids)} tokens, fewer than the {n_tokens} asked for")
     return np.asarray(ids[: n_tokens + 1], dtype=np.int64)

@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.stats import spearmanr
+
+from satlib.errors import ConfigurationError
 
 
 def _as_numpy(values: Any) -> NDArray[np.float64]:
@@ -29,13 +32,13 @@ def _checked_spectrum(singular_values: ArrayLike) -> NDArray[np.float64]:
     """Validate a singular spectrum and return it sorted in decreasing order."""
     sigma = _as_numpy(singular_values)
     if sigma.ndim != 1 or sigma.size == 0:
-        raise ValueError(f"singular_values must be a non-empty 1-D array, got shape {sigma.shape}")
+        raise ConfigurationError(f"singular_values must be a non-empty 1-D array, got shape {sigma.shape}")
     if not np.all(np.isfinite(sigma)):
-        raise ValueError("singular_values contain NaN or infinity: check the matrix they came from")
+        raise ConfigurationError("singular_values contain NaN or infinity: check the matrix they came from")
     if np.any(sigma < 0):
-        raise ValueError("singular_values must be non-negative (pass sigma, not eigenvalues of a difference)")
+        raise ConfigurationError("singular_values must be non-negative (pass sigma, not eigenvalues of a difference)")
     if not np.any(sigma > 0):
-        raise ValueError("singular_values are all zero: the spectrum of a zero matrix has no shape")
+        raise ConfigurationError("singular_values are all zero: the spectrum of a zero matrix has no shape")
     return np.sort(sigma)[::-1]
 
 
@@ -43,7 +46,7 @@ def singular_values(matrix: Any) -> NDArray[np.float64]:
     """Singular values of a 2-D matrix (e.g. an LM head of shape (V, d)), in decreasing order."""
     values = _as_numpy(matrix)
     if values.ndim != 2:
-        raise ValueError(f"matrix must be 2-D, got shape {values.shape}")
+        raise ConfigurationError(f"matrix must be 2-D, got shape {values.shape}")
     return np.linalg.svd(values, compute_uv=False)
 
 
@@ -59,7 +62,7 @@ def w_error(singular_values: ArrayLike, d: int) -> float:
     """
     sigma = _checked_spectrum(singular_values)
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 <= d <= sigma.size:
-        raise ValueError(f"d must be an integer in [0, {sigma.size}], got {d!r}")
+        raise ConfigurationError(f"d must be an integer in [0, {sigma.size}], got {d!r}")
     energy = np.square(sigma)
     return float(np.sqrt(energy[d:].sum() / energy.sum()))
 
@@ -81,7 +84,7 @@ def normalised_spectrum(singular_values: ArrayLike) -> NDArray[np.float64]:
 def _spectrum_distribution(singular_values: ArrayLike, power: float) -> NDArray[np.float64]:
     sigma = _checked_spectrum(singular_values)
     if power <= 0:
-        raise ValueError(f"power must be positive (1 for sigma, 2 for sigma squared), got {power}")
+        raise ConfigurationError(f"power must be positive (1 for sigma, 2 for sigma squared), got {power}")
     weights = sigma**power
     return weights / weights.sum()
 
@@ -135,12 +138,12 @@ def frequency_alignment(head: Any, log_frequency: Any, k: int = 5) -> NDArray[np
     tokens is ``U[:, i] * S[i]``; its rank correlation with ``log_frequency`` (shape (V,)) is returned, sign
     removed (singular vectors have no sign), shape (k,).
     """
-    from scipy.stats import spearmanr
-
     matrix = _as_numpy(head)
     frequency = _as_numpy(log_frequency)
     if matrix.ndim != 2 or frequency.shape != (matrix.shape[0],):
-        raise ValueError(f"head must be (V, d) and log_frequency (V,), got {matrix.shape} and {frequency.shape}")
+        raise ConfigurationError(
+            f"head must be (V, d) and log_frequency (V,), got {matrix.shape} and {frequency.shape}"
+        )
     u, _, _ = np.linalg.svd(matrix, full_matrices=False)
     return np.array([abs(spearmanr(u[:, i], frequency).statistic) for i in range(min(k, u.shape[1]))])
 
@@ -153,7 +156,7 @@ def anisotropy_from_unit_sum(unit_sum: Any, count: int) -> float:
     floating-point round-off.
     """
     if count < 2:
-        raise ValueError(f"anisotropy needs at least 2 vectors, got {count}")
+        raise ConfigurationError(f"anisotropy needs at least 2 vectors, got {count}")
     total = float(np.square(np.linalg.norm(_as_numpy(unit_sum))))
     value = (total - count) / (count * (count - 1))
     return float(np.clip(value, -1.0 / (count - 1), 1.0))
@@ -170,8 +173,8 @@ def anisotropy(hidden: Any) -> float:
     """
     values = _as_numpy(hidden)
     if values.ndim != 2 or values.shape[0] < 2:
-        raise ValueError(f"hidden must have shape (n, d) with n >= 2, got {values.shape}")
+        raise ConfigurationError(f"hidden must have shape (n, d) with n >= 2, got {values.shape}")
     norms = np.linalg.norm(values, axis=1, keepdims=True)
     if np.any(norms == 0) or not np.all(np.isfinite(norms)):
-        raise ValueError("hidden has a zero or non-finite row: cosine similarity is undefined for it")
+        raise ConfigurationError("hidden has a zero or non-finite row: cosine similarity is undefined for it")
     return anisotropy_from_unit_sum((values / norms).sum(axis=0), values.shape[0])

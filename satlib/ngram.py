@@ -19,7 +19,10 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse
+from scipy.sparse.linalg import svds
 from numpy.typing import ArrayLike, NDArray
+
+from satlib.errors import ConfigurationError
 
 #: Above this many rows and columns, the smaller Gram matrix (a dense square) is too costly: use svds.
 GRAM_LIMIT = 6_000
@@ -62,18 +65,20 @@ def ngram_matrix(
     """
     ids = np.asarray(token_ids, dtype=np.int64)
     if ids.ndim != 1:
-        raise ValueError(f"token_ids must be one 1-D stream, got shape {ids.shape}")
+        raise ConfigurationError(f"token_ids must be one 1-D stream, got shape {ids.shape}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"n must be an integer of at least 2 (a context of n - 1 >= 1 tokens), got {n!r}")
+        raise ConfigurationError(f"n must be an integer of at least 2 (a context of n - 1 >= 1 tokens), got {n!r}")
     if ids.size < n:
-        raise ValueError(f"{ids.size} tokens are too few for one {n}-gram")
+        raise ConfigurationError(f"{ids.size} tokens are too few for one {n}-gram")
     if ids.min() < 0:
-        raise ValueError("token_ids must be non-negative")
+        raise ConfigurationError("token_ids must be non-negative")
     vocab_size = int(ids.max()) + 1 if vocab_size is None else vocab_size
     if ids.max() >= vocab_size:
-        raise ValueError(f"token id {int(ids.max())} is outside a vocabulary of {vocab_size}: pass its vocab_size")
+        raise ConfigurationError(
+            f"token id {int(ids.max())} is outside a vocabulary of {vocab_size}: pass its vocab_size"
+        )
     if max_contexts is not None and max_contexts < 1:
-        raise ValueError(f"max_contexts must be at least 1, got {max_contexts}")
+        raise ConfigurationError(f"max_contexts must be at least 1, got {max_contexts}")
     windows = np.lib.stride_tricks.sliding_window_view(ids, n)
     if vocab_size ** (n - 1) < 2**63:  # one int64 key per context: a 1-D unique, much faster than rows
         keys = windows[:, :-1] @ (vocab_size ** np.arange(n - 2, -1, -1, dtype=np.int64))
@@ -119,7 +124,7 @@ def leading_singular_values(
     rows, columns = matrix.shape
     smaller = min(rows, columns)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= smaller:
-        raise ValueError(f"k must be an integer in [1, min(C, V) = {smaller}], got {k!r}")
+        raise ConfigurationError(f"k must be an integer in [1, min(C, V) = {smaller}], got {k!r}")
     if method == "auto":
         method = "gram" if smaller <= GRAM_LIMIT else "svds"
     if method == "gram":
@@ -128,8 +133,6 @@ def leading_singular_values(
         eigenvalues = np.linalg.eigvalsh(gram.toarray())[::-1][:k]
         return np.sqrt(np.clip(eigenvalues, 0.0, None))
     if method == "svds":
-        from scipy.sparse.linalg import svds
-
         if k >= smaller:  # ARPACK needs k < min(C, V): the last value comes from the Frobenius norm
             values = leading_singular_values(matrix, smaller - 1, "svds") if smaller > 1 else np.empty(0)
             last = np.sqrt(max(frobenius_norm(matrix) ** 2 - np.sum(values**2), 0.0))
@@ -140,7 +143,7 @@ def leading_singular_values(
         # n-gram matrix) came back off by 3e-2 at k = 500 (benchmarks/bench_ngram.py).
         values = svds(sparse, k=k, return_singular_vectors=False, v0=start, tol=1e-10)
         return np.sort(values)[::-1]
-    raise ValueError(f"unknown method {method!r}: use 'auto', 'gram' or 'svds'")
+    raise ConfigurationError(f"unknown method {method!r}: use 'auto', 'gram' or 'svds'")
 
 
 def sparse_w_error_curve(
@@ -159,7 +162,7 @@ def sparse_w_error_curve(
     smaller = min(matrix.shape)
     d_max = smaller if d_max is None else d_max
     if not 1 <= d_max <= smaller:
-        raise ValueError(f"d_max must be in [1, min(C, V) = {smaller}], got {d_max}")
+        raise ConfigurationError(f"d_max must be in [1, min(C, V) = {smaller}], got {d_max}")
     sigma = leading_singular_values(matrix, d_max, method)
     total = frobenius_norm(matrix) ** 2
     explained = np.concatenate([[0.0], np.cumsum(sigma**2)])
@@ -170,24 +173,6 @@ def dimension_at(curve: ArrayLike, threshold: float) -> int | None:
     """Smallest d with W-error(d) <= ``threshold``, or None if the curve never gets there."""
     below = np.flatnonzero(np.asarray(curve) <= threshold)
     return int(below[0]) if below.size else None
-
-
-#: Tokenizers of the corpus whose n-gram matrices the book compares: the project's BPEs and SmolLM2's.
-TOKENIZERS = ("bpe-4096", "bpe-8192", "smollm2-135m")
-
-
-def corpus_token_ids(tokenizer: str, split: str = "train") -> tuple[NDArray, int]:
-    """A split of the book's corpus encoded by one of :data:`TOKENIZERS`, and that tokenizer's vocabulary size."""
-    from satlib.tokenization import model_token_ids, token_ids
-
-    if tokenizer not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {tokenizer!r}: use one of {list(TOKENIZERS)}")
-    if tokenizer.startswith("bpe-"):
-        vocab_size = int(tokenizer.removeprefix("bpe-"))
-        return token_ids(split, vocab_size), vocab_size
-    from satlib.models import load_tokenizer
-
-    return model_token_ids(tokenizer, split), len(load_tokenizer(tokenizer))
 
 
 def context_sweep(ngrams: NgramMatrix, context_counts: list[int]) -> dict[int, NDArray[np.float64]]:
@@ -202,29 +187,3 @@ def context_sweep(ngrams: NgramMatrix, context_counts: list[int]) -> dict[int, N
         min(count, ngrams.n_contexts): sparse_w_error_curve(ngrams.matrix[: min(count, ngrams.n_contexts)])
         for count in context_counts
     }
-
-
-def corpus_w_error_curves(tokenizer: str, context_counts: list[int], n: int = 5) -> dict[int, NDArray[np.float64]]:
-    """:func:`context_sweep` of the corpus's training split under one of :data:`TOKENIZERS`, cached per C.
-
-    Each curve is stored as ``<cache>/ngram/<tokenizer>-<corpus version>-n<n>-C<C>.npy`` (atomically); the
-    matrix is built only when some curve is missing.
-    """
-    import io
-
-    from satlib.config import cache_dir, write_atomically
-    from satlib.corpus import CORPUS_VERSION
-
-    folder = cache_dir() / "ngram"
-    paths = {count: folder / f"{tokenizer}-{CORPUS_VERSION}-n{n}-C{count}.npy" for count in context_counts}
-    missing = [count for count, path in paths.items() if not path.is_file()]
-    if missing:
-        ids, vocab_size = corpus_token_ids(tokenizer)
-        ngrams = ngram_matrix(ids, n, vocab_size, max_contexts=max(missing))
-        if ngrams.n_contexts < max(missing):
-            raise ValueError(f"the corpus has only {ngrams.n_contexts} contexts for {tokenizer}: ask for fewer")
-        for count, curve in context_sweep(ngrams, missing).items():
-            buffer = io.BytesIO()
-            np.save(buffer, curve)
-            write_atomically(paths[count], buffer.getvalue())
-    return {count: np.load(path) for count, path in paths.items()}

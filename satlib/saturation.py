@@ -1,248 +1,94 @@
-"""Can the book's own models saturate? The long-run experiment and its frozen snapshot (paper §3 and §4).
+"""Reading saturation off measurements: when a run's loss rises, whether that is saturation or overfitting, and
+what the head's spectrum and the last layer's anisotropy do meanwhile (methods layer; paper §3 and §4).
 
-The paper's saturation is a late rise of held-out loss, with last-layer anisotropy jumping towards 1 and the
-head's singular spectrum collapsing. Pythia-14M shows it after roughly 7,900 tokens per parameter; the ``tiny``
-suite sees at most 18. This module pushes tokens per parameter as far as a 2-core machine allows in about an
-hour: very small widths (d = 4 and 8, where the output layer sets the cost), the whole offline corpus repeated
-over several epochs, and two schedules (Pythia's cosine, and constant after warm-up).
+Pure functions of tables with one row per checkpoint (from :mod:`satlib.sweep`, a frozen snapshot, or Pythia's
+published evaluations); nothing here trains or loads a model.
 
-Because repeated epochs could turn saturation into overfitting, every checkpoint is measured on a fixed sample
-of the *training* split beside the validation split: saturation raises both, overfitting only the second.
-
-The run is long, so the book never reruns it: ``python -m satlib.saturation run`` (``make long-run``) trains,
-measures every checkpoint, and writes the measurements, not the weights, to a small JSON snapshot inside the
-package with its provenance (command, commit, date, machine, wall time). The chapters read that snapshot.
+The singular entropy is ``KL(p || uniform)`` with ``p_i = sigma_i^k / sum_j sigma_j^k``; the paper does not say
+which power k. :func:`paper_normalisation` decides it from the paper's own figures (chapter 03 shows the
+computation), and :data:`SINGULAR_ENTROPY_POWER` is what every reading of "flattens" and "collapses" uses.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import subprocess
-import sys
-import time
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
-from pathlib import Path
-
+import numpy as np
 import pandas as pd
 
 from satlib.metrics import singular_entropy
-from satlib.suite import SuiteSpec
 
-SNAPSHOT = Path(__file__).resolve().parent / "data_files" / "snapshots" / "long_run.json"
-SCHEDULES = ("cosine", "constant")
-#: Tokens of the validation split, and of the start of the training split, that every checkpoint is scored on.
-SAMPLE_TOKENS = 32_768
+#: The power of the singular values in the singular entropy that the paper's Figures 4 and 5 support
+#: (:func:`paper_normalisation`; a test recomputes it from the paper's values).
+SINGULAR_ENTROPY_POWER = 2
 
 
-@dataclass(frozen=True)
-class LongRunSpec(SuiteSpec):
-    """A suite trained far longer than ``tiny``, with a choice of learning-rate schedule.
+def collapsed_entropy(ratio: float, width: int, power: float) -> float:
+    """Singular entropy of a collapsed spectrum: one singular value, the d - 1 others ``ratio`` times it.
 
-    Attributes:
-        schedule: ``cosine`` (Pythia: warm-up, then cosine decay to ``final_lr_fraction``) or ``constant``
-            (warm-up, then the peak rate to the end).
+    Closed form: p_0 = 1 / (1 + (d - 1) r^k), p_i = r^k p_0, KL = log d - H(p).
     """
-
-    schedule: str = "cosine"
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}: use one of {list(SCHEDULES)}")
-
-    def learning_rate(self, step: int) -> float:
-        """The cosine schedule of :class:`SuiteSpec`, or the same warm-up followed by a constant rate."""
-        warmup = max(1, round(self.warmup_fraction * self.steps))
-        if self.schedule == "constant":
-            return self.peak_lr * min(1.0, (step + 1) / warmup)
-        return super().learning_rate(step)
+    first = 1.0 / (1.0 + (width - 1) * ratio**power)
+    rest = ratio**power * first
+    entropy = -(first * np.log(first) + (width - 1) * rest * np.log(rest))
+    return float(np.log(width) - entropy)
 
 
-def long_runs(steps: int = 7000) -> list[LongRunSpec]:
-    """The long runs, in the order they train: each schedule is one suite of widths 4 and 8.
+def paper_normalisation(ratios: pd.DataFrame, plateaus: pd.DataFrame) -> pd.DataFrame:
+    """Which power of the singular values reproduces the paper's collapsed singular entropies (Figures 4 and 5).
 
-    7,000 steps of 32 x 128 tokens are 28.7M tokens per model, about 4.8 epochs of the training split and
-    860 tokens per parameter at d = 4 (33,264 parameters, nearly all in the embedding and the head).
-    """
-    return [
-        LongRunSpec(f"long-{schedule}", (4, 8), batch_size=32, steps=steps, checkpoints_evenly=40, schedule=schedule)
-        for schedule in SCHEDULES
-    ]
-
-
-def threads_for_load() -> int:
-    """Torch threads to use now: the cores that other processes leave idle (at least one).
-
-    On 2 cores, two threads fall to a fraction of one thread's speed as soon as another process holds a core.
-    """
-    cores = os.cpu_count() or 1
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, min(cores, cores - busy))
-
-
-def measure_checkpoint(folder: Path, validation: object, training: object) -> dict:
-    """Everything the snapshot keeps of one checkpoint (weights are not kept).
-
-    Returns:
-        ``heldout_loss`` and ``train_loss`` (nats), ``anisotropy`` (per depth, last = the head's input) and
-        ``singular_values`` of the head (d values).
-    """
-    from transformers import GPTNeoXForCausalLM
-
-    from satlib.evaluate import ANISOTROPY_WINDOWS, anisotropy_profile, head_singular_values, heldout_loss
-
-    model = GPTNeoXForCausalLM.from_pretrained(folder).eval()
-    return {
-        "heldout_loss": heldout_loss(model, validation),
-        "train_loss": heldout_loss(model, training),
-        "anisotropy": anisotropy_profile(model, validation[:ANISOTROPY_WINDOWS]).tolist(),
-        "singular_values": head_singular_values(model).tolist(),
-    }
-
-
-def _git_commit() -> str:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).resolve().parent)  # fmt: skip
-        return result.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def run(
-    specs: list[LongRunSpec], snapshot: Path = SNAPSHOT, threads: int | None = None, widths: tuple[int, ...] = ()
-) -> dict:
-    """Train every long run (resuming any that was interrupted), measure each checkpoint, write the snapshot.
+    For each model of the paper with a collapse, the entropy of a spectrum whose other singular values sit at the
+    ratios the paper's Figure 4 shows after the collapse is computed with k = 1 and k = 2 (:func:`collapsed_entropy`)
+    and set beside the plateau its Figure 5 shows.
 
     Args:
-        specs: the runs (:func:`long_runs`).
-        snapshot: where the JSON snapshot is written (atomically).
-        threads: torch threads; default :func:`threads_for_load`.
-        widths: train and measure only these widths of each run (default all); the others keep their cache key.
+        ratios: one row per model: ``model``, ``width``, ``ratio_low``, ``ratio_high`` (sigma_i / sigma_0 after
+            the collapse, digitised from Figure 4).
+        plateaus: one row per model: ``model``, ``plateau`` (singular entropy after the collapse, Figure 5).
 
     Returns:
-        The snapshot: ``provenance`` and ``rows`` (one per run, width and checkpoint).
+        One row per model: the paper's plateau, and the range of the entropy with k = 1 and k = 2.
     """
-    import torch
-
-    from satlib.config import progress, write_atomically
-    from satlib.evaluate import evaluation_windows
-    from satlib.suite import model_dir, train_model
-    from satlib.tokenization import token_ids
-
-    started = time.perf_counter()
-    threads = threads_for_load() if threads is None else threads
-    torch.set_num_threads(threads)
-    rows, training_records = [], {}
-    for spec in specs:
-        train_ids = token_ids("train", spec.vocab_size)
-        validation = evaluation_windows(token_ids("validation", spec.vocab_size), spec.context, SAMPLE_TOKENS)
-        training = evaluation_windows(train_ids, spec.context, SAMPLE_TOKENS)
-        for width in [w for w in spec.widths if not widths or w in widths]:
-            folder = train_model(spec, width, train_ids)
-            record = json.loads((folder / "complete.json").read_text())
-            training_records[f"{spec.schedule}-d{width}"] = {
-                "seconds_last_session": record["seconds_this_run"],
-                "tokens_per_second_last_session": record["tokens_per_second"],
-            }
-            parameters = spec.parameter_count(width)
-            for step in progress(spec.checkpoint_steps(), desc=f"measure {spec.schedule} d={width}", leave=False):
-                values = measure_checkpoint(model_dir(spec, width) / f"step{step}", validation, training)
-                rows.append({"schedule": spec.schedule, "width": width, "parameters": parameters, "step": step,
-                             "tokens": step * spec.tokens_per_step, **values})  # fmt: skip
-    provenance = {
-        "command": " ".join(["python -m satlib.saturation", *sys.argv[1:]]),
-        "commit": _git_commit(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}; torch {torch.__version__}, "
-        f"{threads} thread(s)",
-        "wall_seconds": round(time.perf_counter() - started),
-        "training": training_records,  # from each model's completion record (a resumed run records its last session)
-        "specs": [asdict(spec) for spec in specs],  # the cache keys; widths_trained says which models ran
-        "widths_trained": sorted({row["width"] for row in rows}),
-        "sample_tokens": SAMPLE_TOKENS,
-        "train_split_tokens": (len(token_ids("train", specs[0].vocab_size))),
-    }
-    result = {"provenance": provenance, "rows": rows}
-    write_atomically(snapshot, json.dumps(result, indent=1))
-    return result
+    table = ratios.merge(plateaus, on="model")
+    for power in (1, 2):
+        table[f"sigma{power}_low"] = [collapsed_entropy(r.ratio_high, r.width, power) for r in table.itertuples()]
+        table[f"sigma{power}_high"] = [collapsed_entropy(r.ratio_low, r.width, power) for r in table.itertuples()]
+    return table
 
 
-def load_snapshot(path: Path = SNAPSHOT) -> tuple[pd.DataFrame, dict]:
-    """The frozen snapshot as a table (one row per run, width and checkpoint) and its provenance.
+def collapsed_ratios(figure4: pd.DataFrame) -> pd.DataFrame:
+    """The models whose head collapses in the paper's Figure 4, with the range of sigma_i / sigma_0 after the
+    collapse (columns ``model``, ``width``, ``ratio_low``, ``ratio_high``; the digitised table's own columns)."""
+    collapsed = figure4.dropna(subset=["collapse_step_k"])
+    return pd.DataFrame({"model": collapsed.model, "width": collapsed.d, "ratio_low": collapsed.post_ratio_low,
+                         "ratio_high": collapsed.post_ratio_high})  # fmt: skip
 
-    Adds ``run`` (e.g. ``cosine d=4``), ``tokens_per_parameter``, ``last_anisotropy`` (the head's input) and
-    ``singular_entropy`` (sigma normalised, as in the spectrum chapter).
+
+def collapse_plateaus(figure5: pd.DataFrame) -> pd.DataFrame:
+    """The singular entropy each model of the paper's Figure 5 ends at (``model``, ``plateau``)."""
+    return pd.DataFrame({"model": figure5.model, "plateau": figure5.final_value})
+
+
+def supported_power(table: pd.DataFrame, tolerance: float = 0.1) -> int | None:
+    """The power k whose computed range holds the paper's plateau, within ``tolerance`` (relative: the digitisation
+    error of Figure 5's log axis), for more models than the other power; None on a tie.
+
+    Args:
+        table: :func:`paper_normalisation`'s rows.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"no long-run snapshot at {path}: make it with `make long-run` (about an hour)")
-    snapshot = json.loads(path.read_text())
-    table = pd.DataFrame(snapshot["rows"])
-    return _derived_columns(table.assign(run=table.schedule + " d=" + table.width.astype(str))), snapshot["provenance"]
+    inside = {}
+    for power in (1, 2):
+        low, high = table[f"sigma{power}_low"] / (1 + tolerance), table[f"sigma{power}_high"] * (1 + tolerance)
+        inside[power] = int(((table.plateau >= low) & (table.plateau <= high)).sum())
+    return None if inside[1] == inside[2] else max(inside, key=inside.get)
 
 
-def _derived_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """``tokens_per_parameter``, ``last_anisotropy`` (the head's input) and ``singular_entropy`` of measured rows."""
+def derived_columns(table: pd.DataFrame, power: float = SINGULAR_ENTROPY_POWER) -> pd.DataFrame:
+    """``tokens_per_parameter``, ``last_anisotropy`` (the head's input) and ``singular_entropy`` (power ``power``)
+    of measured checkpoints (columns ``tokens``, ``parameters``, ``anisotropy_profile``, ``head_singular_values``)."""
     return table.assign(
         tokens_per_parameter=table.tokens / table.parameters,
-        last_anisotropy=table.anisotropy.map(lambda profile: profile[-1]),
-        singular_entropy=table.singular_values.map(singular_entropy),
+        last_anisotropy=table.anisotropy_profile.map(lambda profile: profile[-1]),
+        singular_entropy=table.head_singular_values.map(lambda sigma: singular_entropy(sigma, power)),
     )
-
-
-#: Wider versus deeper at one parameter budget (paper §6's open question): (width, layers) pairs trained on the
-#: ``tiny`` suite's recipe, data and steps. (128, 2) is the suite's own ``tiny-d128``; (96, 6) has 0.9% more
-#: parameters. A third shape (144, 1) would have 1.0% fewer; it is left out to keep the book's build short.
-SHAPES: tuple[tuple[int, int], ...] = ((128, 2), (96, 6))
-
-
-def shape_spec(width: int, layers: int, base: SuiteSpec) -> SuiteSpec:
-    """The suite that trains a (width, layers) model: ``base`` itself when it holds that model (its cache is
-    reused), else ``base`` with that one width and depth."""
-    if layers == base.n_layers and width in base.widths:
-        return base
-    return replace(base, preset=f"{base.preset}-shapes", widths=(width,), n_layers=layers)
-
-
-def shape_comparison(shapes: tuple[tuple[int, int], ...] = SHAPES, base_preset: str = "tiny") -> pd.DataFrame:
-    """Train (cached) and measure models of one budget but different shapes at every evenly spaced checkpoint.
-
-    Each checkpoint is measured as in the long run (:func:`measure_checkpoint`). The table is cached as JSON
-    under ``<cache>/shapes/``, keyed by the suites that trained the models and the sample size.
-
-    Returns:
-        One row per shape and checkpoint: ``run`` (e.g. ``d=96, 6 layers``), ``width``, ``layers``,
-        ``parameters``, ``step``, ``tokens``, the measurements and :func:`load_snapshot`'s derived columns.
-    """
-    import hashlib
-
-    from satlib.config import cache_dir, progress, write_atomically
-    from satlib.evaluate import evaluation_windows
-    from satlib.suite import suite_spec, train_model
-    from satlib.tokenization import token_ids
-
-    base = suite_spec(base_preset)
-    specs = [(shape_spec(width, layers, base), width, layers) for width, layers in shapes]
-    key = json.dumps([[[asdict(spec), width] for spec, width, _ in specs], SAMPLE_TOKENS], sort_keys=True)
-    path = cache_dir() / "shapes" / f"{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
-    if not path.is_file():
-        train_ids = token_ids("train", base.vocab_size)
-        validation = evaluation_windows(token_ids("validation", base.vocab_size), base.context, SAMPLE_TOKENS)
-        training = evaluation_windows(train_ids, base.context, SAMPLE_TOKENS)
-        rows = []
-        for spec, width, layers in specs:
-            folder = train_model(spec, width, train_ids)
-            parameters = spec.parameter_count(width)
-            spacing = max(1, spec.steps // spec.checkpoints_evenly)
-            steps = [step for step in spec.checkpoint_steps() if step % spacing == 0]
-            for step in progress(steps, desc=f"measure d={width}, {layers} layers", leave=False):
-                rows.append({"run": f"d={width}, {layers} layers", "width": width, "layers": layers,
-                             "parameters": parameters, "step": step, "tokens": step * spec.tokens_per_step,
-                             **measure_checkpoint(folder / f"step{step}", validation, training)})  # fmt: skip
-        write_atomically(path, json.dumps(rows))
-    return _derived_columns(pd.DataFrame(json.loads(path.read_text())))
 
 
 def saturation_verdict(table: pd.DataFrame, tolerance: float = 0.01, jump: float = 0.2) -> pd.DataFrame:
@@ -310,25 +156,31 @@ def spectrum_phases(table: pd.DataFrame, early: float = 0.1) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m satlib.saturation run [--steps N] [--threads N]`` (``make long-run``)."""
-    import argparse
+def training_landmarks(measurements: pd.DataFrame, value: str, loss: str = "heldout_loss") -> pd.DataFrame:
+    """Where a measurement jumps and peaks along training, and where the loss is lowest (paper Figure 3).
 
-    parser = argparse.ArgumentParser(prog="python -m satlib.saturation")
-    parser.add_argument("command", choices=["run"])
-    parser.add_argument("--steps", type=int, default=7000, help="optimisation steps per model (32 x 128 tokens)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the idle cores)")
-    parser.add_argument("--widths", type=int, nargs="+", default=[4], help="widths to train (default 4; 4 8 for both)")
-    parser.add_argument("--snapshot", type=Path, default=SNAPSHOT)
-    args = parser.parse_args(argv)
-    if args.steps < 100:
-        raise SystemExit(f"--steps {args.steps} is too short to show anything: use at least 100 (default 7000)")
-    run(long_runs(args.steps), args.snapshot, args.threads, tuple(args.widths))
-    table, provenance = load_snapshot(args.snapshot)
-    print(saturation_verdict(table).to_string())
-    print(f"snapshot: {args.snapshot} ({provenance['wall_seconds']} s)")
-    return 0
+    Args:
+        measurements: one row per checkpoint with ``model``, ``step``, ``tokens``, ``value`` and ``loss`` columns.
+        value: the measurement to follow (e.g. last-layer anisotropy).
+        loss: the loss column.
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    Returns:
+        One row per model (in order of appearance): step of the largest increase between consecutive
+        checkpoints, peak value with its step, tokens and loss, step of the lowest loss, and the maximum over the
+        last three quarters of training (the late phase where the paper sees saturation).
+    """
+    rows = {}
+    for model, group in measurements.groupby("model", sort=False):
+        group = group.sort_values("step").reset_index(drop=True)
+        peak = int(np.nanargmax(group[value].to_numpy()))
+        late = group[group.tokens >= 0.25 * group.tokens.max()]
+        rows[model] = {
+            "largest jump at step": int(group.step[int(np.nanargmax(group[value].diff().to_numpy()))]),
+            "peak": float(group[value][peak]),
+            "peak at step": int(group.step[peak]),
+            "peak at tokens": int(group.tokens[peak]),
+            "loss at peak": float(group[loss][peak]),
+            "lowest loss at step": int(group.step[int(np.nanargmin(group[loss].to_numpy()))]),
+            "late maximum": float(late[value].max()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -1,23 +1,28 @@
-"""Checkpoint sweeps on any ``concurrent.futures`` executor, with a resumable result store (paper scale).
+"""Measuring many checkpoints, once each, on any ``concurrent.futures`` executor (measurement layer; paper scale).
 
 A figure of the paper needs one measurement of many checkpoints (Figure 1a: 5 models x 16 steps on The Pile;
 Figure 5: every checkpoint of every model). :func:`sweep` sends one task per checkpoint to a standard
-``concurrent.futures.Executor`` and writes each result, as it arrives, to a :class:`ResultStore` keyed by
-(preset, model, step, measurement). The executor is the reader's choice, and scheduling is its job:
+``concurrent.futures.Executor`` and writes each result, as it arrives, to a :class:`ResultStore`. Every checkpoint
+of every experiment of the book (the suite, the long runs, the shapes, the controlled students, Pythia) goes
+through it. The executor is the reader's choice, and scheduling is its job:
 
 * nothing (default): the tasks run one after another in this process;
 * ``concurrent.futures.ProcessPoolExecutor``: the cores of one machine;
 * ``dask.distributed.Client(...).get_executor()``: a cluster (a dead worker's tasks are rescheduled);
 * ``submitit.AutoExecutor(folder)``: Slurm jobs.
 
-A sweep that dies resumes where it stopped (stored results are skipped), and a store filled elsewhere (copied
-from a cluster) is read by the book like one filled here.
+A result is stored under (group, model, step, measurement) with a key of what it depends on: the checkpoint's
+content (not its path: a cache copied to another machine, or from a cluster, is reused; a retrained checkpoint is
+not), the precision, and the hash of the tokens it was measured on. A sweep that dies resumes where it stopped; a
+damaged record counts as missing and is measured again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import sys
 from concurrent.futures import Executor, Future, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,87 +30,76 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from satlib.config import cache_dir, progress, write_atomically
+from satlib.config import cache_dir
+from satlib.errors import ConfigurationError
+from satlib.evaluate import ANISOTROPY_WINDOWS, MEASUREMENTS, sample_windows
+from satlib.models import Checkpoint, checkpoint, load_checkpoint, width_of
+from satlib.presets import Preset, get_preset
+from satlib.specs import SuiteSpec
+from satlib.storage import progress, write_atomically
+from satlib.training import BatchSource, parameter_count, suite_checkpoint
 
 
 @dataclass(frozen=True)
 class Task:
-    """One checkpoint to measure: which preset, model and step, and which measurements (names of
-    :data:`satlib.evaluate.MEASUREMENTS`)."""
+    """One checkpoint to measure, and which measurements (names of :data:`satlib.evaluate.MEASUREMENTS`)."""
 
-    preset: str
-    model: str
-    step: int
+    checkpoint: Checkpoint
     measurements: tuple[str, ...]
 
 
 class ResultStore:
-    """Measurements on disk, one JSON file per (preset, model, step, measurement), written atomically.
+    """Measurements on disk, one JSON file per (group, model, step, measurement), written atomically.
 
-    Each record also holds its key (:func:`task_key`: a hash of the token ids, the dtype, and the checkpoint's
-    location), so results measured on other data, in another precision or on another checkpoint (a retrained
-    suite) are never mixed in: they count as missing.
+    Each record holds its key (:func:`result_key`), so a result measured on other data, in another precision or on
+    another checkpoint is never mixed in: it counts as missing. Reading takes no lock and needs no write access.
     """
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else cache_dir() / "results"
 
-    def path(self, preset: str, model: str, step: int, measurement: str) -> Path:
-        return self.root / preset / model / f"step{step}" / f"{measurement}.json"
+    def path(self, point: Checkpoint, measurement: str) -> Path:
+        return self.root / point.group / point.model / f"step{point.step}" / f"{measurement}.json"
 
-    def get(self, preset: str, model: str, step: int, measurement: str, key: dict) -> object | None:
-        """The stored value, or None when absent or measured on other data."""
-        path = self.path(preset, model, step, measurement)
+    def get(self, point: Checkpoint, measurement: str, key: dict) -> object | None:
+        """The stored value, or None when absent, measured on other data, or damaged (then it is remeasured)."""
+        path = self.path(point, measurement)
         if not path.is_file():
             return None
-        record = json.loads(path.read_text())
-        return record["value"] if record.get("key") == key else None
+        try:
+            record = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            print(f"sweep: {path} is damaged: measuring it again", file=sys.stderr, flush=True)
+            return None
+        return record.get("value") if record.get("key") == key else None
 
-    def put(self, preset: str, model: str, step: int, measurement: str, key: dict, value: object) -> None:
-        write_atomically(self.path(preset, model, step, measurement), json.dumps({"key": key, "value": value}))
-
-    def missing(self, tasks: list[Task], keys: dict[Task, dict]) -> list[Task]:
-        """The tasks with at least one measurement not stored under that task's key."""
-        stored = lambda task, name: self.get(task.preset, task.model, task.step, name, keys[task]) is not None  # noqa: E731
-        return [task for task in tasks if not all(stored(task, name) for name in task.measurements)]
-
-
-def windows_key(windows: torch.Tensor) -> dict:
-    """What a result depends on besides the checkpoint: the token ids it was measured on (and how many of them
-    enter the anisotropy)."""
-    from satlib.evaluate import ANISOTROPY_WINDOWS
-
-    return {"windows": hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16], "anisotropy": ANISOTROPY_WINDOWS}
+    def put(self, point: Checkpoint, measurement: str, key: dict, value: object) -> None:
+        write_atomically(self.path(point, measurement), json.dumps({"key": key, "value": value}))
 
 
-def task_key(task: Task, windows: dict, dtype: str) -> dict:
-    """Everything a task's results depend on: the data, the precision, and which checkpoint (a retrained suite
-    has another cache folder; a mirror is not the hub)."""
-    from satlib.models import model_path
-
-    return windows | {"dtype": dtype, "checkpoint": str(model_path(task.model, task.step, task.preset))}
+def data_keys(data: dict[str, torch.Tensor]) -> dict[str, str]:
+    """A short hash of each named set of token windows."""
+    return {name: hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16] for name, windows in data.items()}
 
 
-def run_task(task: Task, windows: torch.Tensor, device: str = "cpu", dtype: str = "float32") -> dict[str, object]:
+def result_key(point: Checkpoint, measurement: str, keys: dict[str, str], dtype: str) -> dict:
+    """Everything one result depends on: the checkpoint's content, the precision, the tokens it was measured on."""
+    source = MEASUREMENTS[measurement].data
+    key = {"checkpoint": point.identity(), "dtype": dtype, "data": keys[source] if source else None}
+    return key | ({"anisotropy_windows": ANISOTROPY_WINDOWS} if measurement == "anisotropy_profile" else {})
+
+
+def run_task(task: Task, data: dict[str, torch.Tensor], device: str = "cpu", dtype: str = "float32") -> dict:
     """Measure one checkpoint (runs in a worker): load it once, compute every measurement of the task."""
-    from satlib.evaluate import MEASUREMENTS
-    from satlib.models import load
-
-    if device == "cpu" and _in_worker():
+    if device == "cpu" and multiprocessing.parent_process() is not None:
         torch.set_num_threads(1)  # worker processes share the cores: one thread each
-    model = load(task.model, task.step, task.preset, device=device, dtype=dtype)
-    return {name: MEASUREMENTS[name](model, windows) for name in task.measurements}
-
-
-def _in_worker() -> bool:
-    import multiprocessing
-
-    return multiprocessing.parent_process() is not None
+    model = load_checkpoint(task.checkpoint, device=device, dtype=dtype)
+    return {name: MEASUREMENTS[name].compute(model, data.get(MEASUREMENTS[name].data)) for name in task.measurements}
 
 
 def sweep(
     tasks: list[Task],
-    windows: torch.Tensor,
+    data: dict[str, torch.Tensor],
     store: ResultStore | None = None,
     executor: Executor | object | None = None,
     device: str = "cpu",
@@ -114,37 +108,38 @@ def sweep(
     """Measure every task's checkpoint, skipping what the store holds; return everything as one table.
 
     Args:
-        tasks: checkpoints and measurements (e.g. from :func:`tasks_for`).
-        windows: (n, context + 1) token ids every checkpoint is measured on (shipped to the workers).
+        tasks: checkpoints and measurements.
+        data: the (n, context + 1) token windows the measurements read, by name (``evaluation``, ``training``).
         store: where results go (default: ``<cache>/results``).
         executor: any ``concurrent.futures.Executor``, or any object whose ``submit`` returns jobs with a
             ``result()`` method (a ``submitit`` executor); None runs the tasks here, one after another.
         device, dtype: where and in which precision the workers run the models.
 
     Returns:
-        One row per task: ``preset``, ``model``, ``step`` and one column per measurement.
+        One row per task: ``group``, ``model``, ``step`` and one column per measurement.
     """
-    from satlib.evaluate import MEASUREMENTS
-
     unknown = {m for t in tasks for m in t.measurements} - set(MEASUREMENTS)
     if unknown:
-        raise ValueError(f"unknown measurements {sorted(unknown)}: use {sorted(MEASUREMENTS)}")
+        raise ConfigurationError(f"unknown measurements {sorted(unknown)}: use {sorted(MEASUREMENTS)}")
+    needed = {MEASUREMENTS[m].data for t in tasks for m in t.measurements} - {None} - set(data)
+    if needed:
+        raise ConfigurationError(f"the measurements need token windows called {sorted(needed)}: pass them in data")
     store = store or ResultStore()
-    data = windows_key(windows)
-    keys = {task: task_key(task, data, dtype) for task in tasks}
-    todo = store.missing(tasks, keys)
+    hashes = data_keys(data)
+    keys = {(t, m): result_key(t.checkpoint, m, hashes, dtype) for t in tasks for m in t.measurements}
+    todo = [t for t in tasks if any(store.get(t.checkpoint, m, keys[t, m]) is None for m in t.measurements)]
     bar = progress(total=len(todo), desc="sweep", unit="checkpoint", leave=False)
 
     def keep(task: Task, values: dict[str, object]) -> None:
         for name, value in values.items():  # stored as each result arrives: a dead sweep loses only running tasks
-            store.put(task.preset, task.model, task.step, name, keys[task], value)
+            store.put(task.checkpoint, name, keys[task, name], value)
         bar.update(1)
 
     if executor is None:
         for task in todo:
-            keep(task, run_task(task, windows, device, dtype))
+            keep(task, run_task(task, data, device, dtype))
     else:
-        futures = {executor.submit(run_task, task, windows, device, dtype): task for task in todo}
+        futures = {executor.submit(run_task, task, data, device, dtype): task for task in todo}
         # concurrent.futures futures are kept as each completes; other jobs (submitit's) are awaited in order.
         arrived = as_completed(futures) if all(isinstance(f, Future) for f in futures) else list(futures)
         for future in arrived:
@@ -152,16 +147,76 @@ def sweep(
     bar.close()
     rows = []
     for task in tasks:
-        row = {"preset": task.preset, "model": task.model, "step": task.step}
-        rows.append(row | {m: store.get(task.preset, task.model, task.step, m, keys[task]) for m in task.measurements})
+        point = task.checkpoint
+        row = {"group": point.group, "model": point.model, "step": point.step}
+        rows.append(row | {m: store.get(point, m, keys[task, m]) for m in task.measurements})
     return pd.DataFrame(rows)
 
 
-def tasks_for(
-    preset: str, measurements: tuple[str, ...], checkpoints: list[tuple[str, int]] | None = None
-) -> list[Task]:
-    """One task per checkpoint (default: every checkpoint the preset's figures use)."""
-    from satlib.evaluate import default_checkpoints
+def measure(
+    preset: str | Preset = "tiny",
+    names: tuple[str, ...] = ("heldout_loss",),
+    checkpoints: list[tuple[str, int]] | None = None,
+    windows: torch.Tensor | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    executor: Executor | None = None,
+) -> pd.DataFrame:
+    """Measurements of a preset's checkpoints (default: those its figures use), each computed once and stored.
 
-    checkpoints = default_checkpoints(preset) if checkpoints is None else checkpoints
-    return [Task(preset, model, step, tuple(measurements)) for model, step in checkpoints]
+    Args:
+        preset: a :class:`satlib.presets.Preset` or its name.
+        names: keys of :data:`satlib.evaluate.MEASUREMENTS` that read the evaluation sample or nothing.
+        checkpoints: (model, step) pairs; default ``preset.checkpoints()``.
+        windows: (n, context + 1) token ids to measure on; default the preset's evaluation sample.
+        device, dtype: where and in which precision models run. executor: see :func:`sweep`.
+
+    Returns:
+        Columns ``model``, ``width``, ``step``, ``tokens`` and one per measurement (floats, or lists for
+        profiles and spectra).
+    """
+    preset = get_preset(preset)
+    checkpoints = preset.checkpoints() if checkpoints is None else checkpoints
+    windows = sample_windows(preset.evaluation, preset) if windows is None else windows
+    tasks = [Task(checkpoint(model, step, preset), tuple(names)) for model, step in checkpoints]
+    table = sweep(tasks, {"evaluation": windows}, executor=executor, device=device, dtype=dtype)
+    table.insert(2, "width", [width_of(model, preset) for model in table.model])
+    table.insert(4, "tokens", table.step * preset.tokens_per_step())
+    return table.drop(columns="group")
+
+
+def heldout_losses(preset: str | Preset = "tiny", **options: object) -> pd.DataFrame:
+    """The live Figure 1a of a preset: its suite on its evaluation sample (the corpus's validation split for
+    ``tiny``, 50,000 Pile tokens for ``pythia``). Columns ``model``, ``width``, ``step``, ``tokens``, ``loss``."""
+    return measure(preset, ("heldout_loss",), **options).rename(columns={"heldout_loss": "loss"})
+
+
+def measure_trained(
+    runs: list[tuple[SuiteSpec, int, BatchSource]],
+    data: dict[str, torch.Tensor],
+    names: tuple[str, ...] = ("heldout_loss", "train_loss", "anisotropy_profile", "head_singular_values"),
+    evenly_spaced: bool = False,
+    executor: Executor | None = None,
+) -> pd.DataFrame:
+    """Every checkpoint of trained models (the long runs, the shapes, the controlled students), measured through
+    :func:`sweep` like the suite.
+
+    Args:
+        runs: (suite, width, training data) of each model.
+        data: the windows the measurements read (``evaluation``, ``training``).
+        evenly_spaced: only the evenly spaced checkpoints (not the early powers of two).
+
+    Returns:
+        One row per model and checkpoint: ``group`` (the suite's name), ``model``, ``width``, ``layers``,
+        ``seed``, ``parameters``, ``step``, ``tokens`` and one column per measurement.
+    """
+    tasks, facts = [], []
+    for spec, width, source in runs:
+        steps = [0, *spec.evenly_spaced_steps()] if evenly_spaced else spec.checkpoint_steps()
+        parameters = parameter_count(spec, width)
+        for step in steps:
+            tasks.append(Task(suite_checkpoint(spec, width, source, step), tuple(names)))
+            facts.append({"width": width, "layers": spec.n_layers, "seed": spec.seed, "schedule": spec.schedule,
+                          "parameters": parameters, "tokens": step * spec.tokens_per_step})  # fmt: skip
+    table = sweep(tasks, data, executor=executor)
+    return pd.concat([table, pd.DataFrame(facts)], axis=1)

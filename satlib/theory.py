@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
+from satlib.errors import ConfigurationError
 from satlib.metrics import numerical_rank, w_error, w_error_curve
 
 #: Cross-entropy is 2-Lipschitz in the max-norm of the logits: |CE(h, y) - CE(h', y)| <= 2 ||h - h'||_inf,
@@ -74,7 +75,7 @@ def zipf_dirichlet_targets(
     do. The log of such a matrix has full rank ``min(n_contexts, vocab)``.
     """
     if n_contexts < 1 or vocab < 2 or concentration <= 0:
-        raise ValueError("need n_contexts >= 1, vocab >= 2 and concentration > 0")
+        raise ConfigurationError("need n_contexts >= 1, vocab >= 2 and concentration > 0")
     rng = np.random.default_rng(seed)
     zipf = 1.0 / np.arange(1, vocab + 1) ** zipf_exponent
     alpha = concentration * vocab * zipf / zipf.sum()
@@ -147,7 +148,7 @@ def truncated_head(head: NDArray[np.float64], d: int) -> NDArray[np.float64]:
     """``W_d``: the truncated SVD of ``head`` (V, d*) keeping its d largest singular values (Lemma 5.2)."""
     u, sigma, vt = np.linalg.svd(np.asarray(head, dtype=np.float64), full_matrices=False)
     if not 0 <= d <= sigma.size:
-        raise ValueError(f"d must be in [0, {sigma.size}], got {d}")
+        raise ConfigurationError(f"d must be in [0, {sigma.size}], got {d}")
     return (u[:, :d] * sigma[:d]) @ vt[:d]
 
 
@@ -169,7 +170,7 @@ def ideal_head(vocab: int, spectrum: NDArray[np.float64], seed: int = 0) -> NDAr
     rng = np.random.default_rng(seed)
     d_star = len(spectrum)
     if vocab < d_star:
-        raise ValueError(f"vocab ({vocab}) must be at least the ideal width d* ({d_star})")
+        raise ConfigurationError(f"vocab ({vocab}) must be at least the ideal width d* ({d_star})")
     u, _ = np.linalg.qr(rng.standard_normal((vocab, d_star)))
     v, _ = np.linalg.qr(rng.standard_normal((d_star, d_star)))
     return (u * np.asarray(spectrum, dtype=np.float64)) @ v.T

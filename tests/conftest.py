@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from satlib.config import HF_OFFLINE_VARIABLES, block_network
+from satlib.network import HF_OFFLINE_VARIABLES, block_network
 
 ROOT = Path(__file__).resolve().parents[1]
 

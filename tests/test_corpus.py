@@ -1,10 +1,15 @@
-"""satlib.corpus and satlib.tokenization: sources, splits by document, tokenizer round trips."""
+"""satlib.corpus and satlib.tokenization: sources, splits by document, tokenizer round trips, and the faults a
+corpus meets (a failed download, a truncated file)."""
 
 from __future__ import annotations
+
+import shutil
+import sys
 
 import pytest
 
 from satlib import corpus, tokenization
+from satlib.errors import ConfigurationError, DamagedArtefactError, MissingArtefactError, OfflineError
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +50,10 @@ def test_split_is_a_pure_function_of_the_key():
 
 
 def test_bad_split_and_empty_corpus(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="unknown split 'dev'"):
+    with pytest.raises(ConfigurationError, match="unknown split 'dev'"):
         corpus.documents("dev")
     monkeypatch.setattr(corpus, "SOURCES", ())
-    with pytest.raises(RuntimeError, match="the corpus is empty"):
+    with pytest.raises(MissingArtefactError, match="the corpus is empty"):
         corpus.build_corpus(tmp_path / "empty")
     assert not (tmp_path / "empty" / "manifest.json").exists()
 
@@ -61,7 +66,7 @@ def test_tokenizer_round_trip_and_size(vocab_size, splits):
         sample = document.text[:2000]
         assert tokenizer.decode(tokenizer(sample).input_ids) == sample
     assert tokenizer.eos_token == tokenization.END_OF_TEXT
-    with pytest.raises(ValueError, match="no BPE tokenizer of vocabulary 1000"):
+    with pytest.raises(ConfigurationError, match="no BPE tokenizer of vocabulary 1000"):
         tokenization.tokenizer_dir(1000)
 
 
@@ -71,3 +76,40 @@ def test_token_ids_are_cached_and_end_documents():
     assert ids.dtype.name == "uint16" and ids.max() < 4096
     assert int((ids == eos).sum()) == len(corpus.documents("validation"))
     assert ids[-1] == eos
+
+
+def test_a_failed_download_names_the_package_the_registry_and_the_command(tmp_path, monkeypatch, capsys):
+    failing = [sys.executable, "-c", "import sys; sys.exit('Temporary failure in name resolution')"]
+    monkeypatch.setattr(corpus, "_fetch_command", lambda source, downloads: failing)
+    with pytest.raises(OfflineError) as info:
+        corpus.build_corpus(tmp_path / "v2")
+    message = str(info.value)
+    assert "\n" not in message
+    assert (
+        "could not download r-cran-janeaustenr from Debian's registry (Temporary failure in name resolution)" in message
+    )
+    assert "fetch it with `" in message and str(tmp_path / "downloads") in message
+    assert "corpus: downloading r-cran-janeaustenr from Debian's registry" in capsys.readouterr().err
+    assert not (tmp_path / "v2" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_a_truncated_corpus_is_refused_and_the_advice_rebuilds_it(tmp_path, monkeypatch):
+    """A copy of the corpus folder cut to a third of its documents: refused with one line; deleting the folder, as the
+    line says, and building again (offline: the downloaded packages are kept) gives back the same corpus."""
+    original = corpus.corpus_dir()
+    copy = tmp_path / "corpus" / corpus.CORPUS_VERSION
+    shutil.copytree(original.parent / "downloads", tmp_path / "corpus" / "downloads")
+    shutil.copytree(original, copy, ignore=shutil.ignore_patterns(".lock"))
+    lines = (copy / "documents.jsonl").read_text().splitlines(keepends=True)
+    (copy / "documents.jsonl").write_text("".join(lines[: len(lines) // 3]))
+    with pytest.raises(
+        DamagedArtefactError, match="does not match its manifest's checksum: delete that folder"
+    ) as info:
+        corpus.documents("train", copy)
+    assert "\n" not in str(info.value)
+    shutil.rmtree(copy)
+    monkeypatch.setattr(corpus, "_fetch_command", lambda *args: pytest.fail("downloaded again"))
+    corpus.build_corpus(copy)
+    assert (copy / "documents.jsonl").read_bytes() == (original / "documents.jsonl").read_bytes()
+    assert corpus.verify_corpus(copy) == corpus.verify_corpus(original)

@@ -1,6 +1,9 @@
-"""satlib.heads: low-rank heads against Eckart–Young, training on a known low-rank target, the pythia code path."""
+"""satlib.heads: low-rank heads against Eckart–Young, training on a known low-rank target, selection on validation
+and report on test, the mixture and its controls, the pythia code path."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -8,7 +11,10 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from satlib import heads, metrics
+from satlib import config, evaluate, heads, metrics, presets, specs
+from satlib.errors import ConfigurationError
+from satlib.heads import features as head_features
+from satlib.heads import mixture as mixture_heads
 
 
 def test_full_rank_from_head_reproduces_the_head():
@@ -28,25 +34,22 @@ def test_truncated_head_is_eckart_young(rank):
 
 
 def test_rank_must_fit():
-    with pytest.raises(ValueError, match="rank must be in"):
+    with pytest.raises(ConfigurationError, match="rank must be an integer in"):
         heads.LowRankHead(10, 4, 5)
-    with pytest.raises(ValueError, match="unknown init"):
-        heads.HeadTraining(init="zeros")
-    with pytest.raises(ValueError, match="original_head"):
-        heads.train_low_rank_head(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), 5, 2, 1e-3,
-                                  heads.HeadTraining(init="svd"))  # fmt: skip
+    with pytest.raises(ConfigurationError, match="unknown init"):
+        specs.HeadTraining(init="zeros")
 
 
 def test_evaluate_head_matches_naive_loss_and_accuracy():
     generator = torch.Generator().manual_seed(1)
     features, weight = torch.randn(300, 8, generator=generator), torch.randn(20, 8, generator=generator)
     targets = torch.randint(0, 20, (300,), generator=generator)
-    loss, accuracy = heads.evaluate_head(weight, features, targets, batch_tokens=64)
+    loss, accuracy = heads.evaluate_head(weight, (features, targets), batch_tokens=64)
     logits = features @ weight.T
     assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, targets)), rel=1e-5)
     assert accuracy == pytest.approx(float((logits.argmax(1) == targets).float().mean()))
     module = heads.LowRankHead.from_head(weight, 8)
-    assert heads.evaluate_head(module, features, targets)[0] == pytest.approx(loss, rel=1e-4)
+    assert heads.evaluate_head(module, (features, targets))[0] == pytest.approx(loss, rel=1e-4)
 
 
 def synthetic_task(rank: int, seed: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -58,21 +61,53 @@ def synthetic_task(rank: int, seed: int = 0) -> tuple[tuple[torch.Tensor, torch.
     return (features, torch.multinomial(probabilities, 1, generator=generator).ravel()), true_head
 
 
+def split_task(rank: int, seed: int = 0):
+    (features, targets), true_head = synthetic_task(rank, seed)
+    return (
+        (features[:4000], targets[:4000]),
+        (features[4000:5000], targets[4000:5000]),
+        (features[5000:], targets[5000:]),
+        true_head,
+    )
+
+
 def test_training_recovers_a_low_rank_target_and_rank_one_cannot():
-    (features, targets), true_head = synthetic_task(rank=2)
-    train, validation = (features[:5000], targets[:5000]), (features[5000:], targets[5000:])
-    training = heads.HeadTraining(epochs=8, batch_tokens=250)
-    sweep = heads.rank_sweep(train, validation, 30, [1, 2, 10], [3e-3, 3e-2], training)
-    best = sweep[sweep.chosen].set_index("rank").loss
-    optimum = heads.evaluate_head(true_head, *validation)[0]
+    train, validation, test, true_head = split_task(rank=2)
+    training = specs.HeadTraining(epochs=8, batch_tokens=250)
+    best = {}
+    for rank in (1, 2, 10):
+        build = lambda generator, r=rank: heads.LowRankHead(30, 10, r, generator)  # noqa: E731
+        table, head = heads.search_learning_rate(build, train, validation, test, (3e-3, 3e-2), training, seed=0)
+        assert table.chosen.sum() == 1 and table.validation_loss[table.chosen].item() == table.validation_loss.min()
+        assert heads.evaluate_head(head, test)[0] == pytest.approx(table.test_loss[table.chosen].item())
+        best[rank] = table.test_loss[table.chosen].item()
+    optimum = heads.evaluate_head(true_head, test)[0]
     assert best[2] < best[1] - 0.05  # rank 1 cannot express a rank-2 head
     assert best[2] == pytest.approx(optimum, abs=0.05)  # rank 2 reaches the true head's loss
     assert best[10] == pytest.approx(optimum, abs=0.08)
-    assert sweep.groupby("rank").chosen.sum().tolist() == [1, 1, 1]
-    for _, group in sweep.groupby("rank"):
-        assert group.loss[group.chosen].item() == group.loss.min()
-    again = heads.rank_sweep(train, validation, 30, [1], [3e-2], training)
-    assert again.loss.item() == sweep.query("rank == 1 and learning_rate == 3e-2").loss.item()  # seeded
+
+
+def test_the_rate_is_chosen_on_validation_and_reported_on_test():
+    """A validation sample that disagrees with the test sample: the choice follows validation, the report test."""
+    train, validation, test, _ = split_task(rank=2, seed=1)
+    build = lambda generator: heads.LowRankHead(30, 10, 2, generator)  # noqa: E731
+    training = specs.HeadTraining(epochs=2, batch_tokens=250)
+    table, _ = heads.search_learning_rate(build, train, validation, test, (1e-3, 1e-2, 1e-1), training, 0, 0)
+    shuffled = (validation[0], validation[1][torch.randperm(1000, generator=torch.Generator().manual_seed(0))])
+    noisy, _ = heads.search_learning_rate(build, train, shuffled, test, (1e-3, 1e-2, 1e-1), training, 0, 0)
+    np.testing.assert_allclose(noisy.test_loss, table.test_loss)  # test scores do not depend on validation
+    assert noisy.learning_rate[noisy.chosen].item() == noisy.learning_rate[noisy.validation_loss.idxmin()]
+
+
+def test_a_choice_at_the_grid_edge_extends_the_grid():
+    train, validation, test, _ = split_task(rank=2)
+    build = lambda generator: heads.LowRankHead(30, 10, 2, generator)  # noqa: E731
+    training = specs.HeadTraining(epochs=2, batch_tokens=250)
+    table, _ = heads.search_learning_rate(build, train, validation, test, (1e-5, 1e-4), training, 0, max_extensions=2)
+    assert table.learning_rate.tolist() == pytest.approx([1e-5, 1e-4, 1e-3, 1e-2])  # far too small: two steps up
+    assert table.chosen.sum() == 1
+    fixed, _ = heads.search_learning_rate(build, train, validation, test, (1e-5, 1e-4), training, 0, max_extensions=0)
+    assert len(fixed) == 2 and fixed.at_edge.any()  # without extensions the choice stays at the edge, flagged
 
 
 def small_model() -> GPTNeoXForCausalLM:
@@ -94,36 +129,47 @@ def test_backbone_features_are_what_the_head_reads():
 
 def test_spread_windows_cover_the_stream_disjointly():
     ids = np.arange(1000)
-    windows = heads.spread_windows(ids, context=9, n_tokens=45)
+    windows = evaluate.spread_windows(ids, context=9, n_tokens=45)
     assert windows.shape == (5, 10)
     assert windows[0, 0] == 0 and windows[-1, 0] > 700  # spread, not only the start
     assert len(set(windows.ravel().tolist())) == windows.numel()
-    with pytest.raises(ValueError, match="too few"):
-        heads.spread_windows(np.arange(30), context=9, n_tokens=40)
+    with pytest.raises(ConfigurationError, match="too few"):
+        evaluate.spread_windows(np.arange(30), context=9, n_tokens=40)
 
 
 def test_pythia_preset_head_experiment_on_a_local_copy(tmp_path, monkeypatch):
-    """The pythia preset: a hub model (a local mirror here) on a Pile sample (a local JSON Lines file)."""
+    """The pythia preset: a hub model (a local mirror here) on three disjoint parts of a Pile sample (a local JSON
+    Lines file); results cached, and the features shared by every experiment on that backbone."""
     from conftest import write_pythia_mirror
 
-    from satlib import models
-
     pile = write_pythia_mirror(tmp_path, [("pythia-14m", 143000), ("pythia-410m", 143000)], documents=30)
-    monkeypatch.setenv(models.HUB_MIRROR_ENV, str(tmp_path))
+    monkeypatch.setenv(config.HUB_MIRROR_ENV, str(tmp_path))
     monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "cache"))
-    experiment = heads.HeadExperiment("pythia-410m", (2, 16), (1e-2,), 1024, 512, context=32,
-                                      training=heads.HeadTraining(epochs=1, batch_tokens=256))  # fmt: skip
-    monkeypatch.setitem(heads.EXPERIMENTS, "pythia", [experiment])
-    table = heads.rank_constrained_heads("pythia", pile_files=str(pile))
-    assert table["rank"].tolist() == [2, 16, 16] and table.original.tolist() == [False, False, True]
-    assert set(table.model) == {"pythia-410m"} and set(table.width) == {16}
-    assert np.all(table.loss < np.log(4096) + 0.5) and table.w_error.iloc[-1] == 0.0
-    monkeypatch.setattr(heads, "train_low_rank_head", lambda *args, **kwargs: pytest.fail("trained again"))
-    monkeypatch.setattr(heads, "backbone_features", lambda *args, **kwargs: pytest.fail("features again"))
-    cached = heads.rank_constrained_heads("pythia", pile_files=str(pile))  # from the cache: same numbers
-    np.testing.assert_allclose(cached.loss, table.loss)
-    with pytest.raises(ValueError, match="no head experiments"):
-        heads.rank_constrained_heads("paper")
+    preset = presets.setup("pythia", settings={"head_ranks": [2, 16], "head_learning_rates": [1e-2, 3e-2],
+                                               "head_train_tokens": 1024, "head_eval_tokens": 512, "pile_context": 32,
+                                               "pile_files": str(pile)})  # fmt: skip
+    try:
+        table = heads.rank_constrained_heads(preset)
+        searched = table[~table.original]
+        assert sorted(set(searched["rank"])) == [2, 16] and table.original.sum() == 1
+        assert searched.groupby("rank").chosen.sum().eq(1).all()
+        assert set(table.model) == {"pythia-410m"} and set(table.width) == {16}
+        assert np.all(table.test_loss < np.log(4096) + 0.5) and table.w_error.iloc[-1] == 0.0
+        samples = head_features.experiment_samples(preset.head_experiments[0], preset)
+        parts = [evaluate.sample_windows(samples[name], preset) for name in ("train", "validation", "test")]
+        assert [p.shape[0] for p in parts] == [32, 16, 16]
+        assert not any(torch.equal(parts[0][0], p[0]) for p in parts[1:])  # disjoint samples
+        monkeypatch.setattr(head_features, "backbone_features", lambda *args, **kwargs: pytest.fail("features again"))
+        monkeypatch.setattr(heads.experiments, "search_learning_rate", lambda *a, **k: pytest.fail("trained again"))
+        pd.testing.assert_frame_equal(heads.rank_constrained_heads(preset), table)
+        other = dataclasses.replace(preset.head_experiments[0], ranks=(4,))  # a new grid: same features, no recompute
+        monkeypatch.undo()
+        monkeypatch.setattr(head_features, "backbone_features", lambda *args, **kwargs: pytest.fail("features again"))
+        monkeypatch.setenv(config.HUB_MIRROR_ENV, str(tmp_path))
+        monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "cache"))
+        assert heads.run_rank_experiment(other, preset)["rank"].tolist()[0] == 4
+    finally:
+        presets.setup("tiny")
 
 
 def test_degradation_onset_on_the_papers_figure_8():
@@ -151,7 +197,7 @@ def test_one_component_mixture_is_the_linear_head():
     head = heads.MixtureOfSoftmaxes(20, 5, components=1, projection=False)
     hidden = torch.randn(7, 5)
     torch.testing.assert_close(head(hidden), torch.log_softmax(hidden @ head.weight.T, dim=-1))
-    with pytest.raises(ValueError, match="components"):
+    with pytest.raises(ConfigurationError, match="components"):
         heads.MixtureOfSoftmaxes(20, 5, components=0)
 
 
@@ -176,20 +222,20 @@ def test_mixture_from_head_starts_as_the_linear_head_and_counts_its_cost():
     for components in (1, 3):
         mixture = heads.MixtureOfSoftmaxes.from_head(weight, components, torch.Generator().manual_seed(0))
         torch.testing.assert_close(mixture(hidden), linear)  # P = 0: every component is the linear head
-    assert heads.parameter_count(heads.MixtureOfSoftmaxes.from_head(weight, 1)) == weight.numel()
+    assert mixture_heads.parameter_count(heads.MixtureOfSoftmaxes.from_head(weight, 1)) == weight.numel()
     mixture = heads.MixtureOfSoftmaxes(40, 6, components=3, output_width=4)
     naive = 3 * 6 + 3 * 4 * 6 + 3 * 40 * 4  # mixture weights + projections + K softmaxes over V of width d'
     assert mixture.multiply_adds() == naive and mixture(hidden).shape == (9, 40)
-    with pytest.raises(ValueError, match="output_width"):
+    with pytest.raises(ConfigurationError, match="output_width"):
         heads.MixtureOfSoftmaxes(40, 6, components=2, output_width=4, residual=True)
 
 
 @pytest.mark.parametrize(("vocab", "width", "components"), [(4096, 128, 4), (49152, 576, 2), (50, 8, 3)])
 def test_matched_output_width_is_the_widest_mixture_within_the_linear_budget(vocab, width, components):
     matched = heads.matched_output_width(vocab, width, components)
-    count = lambda d: heads.parameter_count(heads.MixtureOfSoftmaxes(vocab, width, components, output_width=d))  # noqa: E731
+    count = lambda d: mixture_heads.parameter_count(heads.MixtureOfSoftmaxes(vocab, width, components, output_width=d))  # noqa: E731
     assert count(matched) <= vocab * width < count(matched + 1)
-    with pytest.raises(ValueError, match="no mixture"):
+    with pytest.raises(ConfigurationError, match="no mixture"):
         heads.matched_output_width(4, 8, 8)
 
 
@@ -217,52 +263,68 @@ def test_fit_head_trains_a_mixture_towards_a_mixture_target():
         target.weight.mul_(150)
         features = 3 * torch.randn(6000, 4, generator=generator)
         targets = torch.multinomial(target(features).exp(), 1, generator=generator).ravel()
-    training = heads.HeadTraining(epochs=6, batch_tokens=200)
+    training = specs.HeadTraining(epochs=6, batch_tokens=200)
     losses = {}
     for components, projection in ((1, False), (2, True)):
         head = heads.MixtureOfSoftmaxes(30, 4, components, projection, generator=torch.Generator().manual_seed(0))
-        heads.fit_head(head, features[:5000], targets[:5000], 3e-2, training)
-        losses[components] = heads.evaluate_head(head, features[5000:], targets[5000:])[0]
-    optimum = heads.evaluate_head(target, features[5000:], targets[5000:])[0]
+        heads.fit_head(head, (features[:5000], targets[:5000]), 3e-2, training, seed=0)
+        losses[components] = heads.evaluate_head(head, (features[5000:], targets[5000:]))[0]
+    optimum = heads.evaluate_head(target, (features[5000:], targets[5000:]))[0]
     assert losses[2] < losses[1] - 0.05 and min(losses.values()) > optimum - 0.05
 
 
 def test_mixture_comparison_on_a_local_pythia_copy(tmp_path, monkeypatch):
-    """Chapter 07's comparison through the pythia code path (a local mirror): every head at every rate, one best
-    per head, the linear heads' log-probability rank at d + 1, and the table cached."""
+    """Chapter 07's comparison through the pythia code path (a local mirror): every head at every rate and seed, one
+    choice per (head, seed), the linear heads' log-probability rank at d + 1, the residual control, the cache."""
     from conftest import write_pythia_mirror
 
-    from satlib import config, models
-
     pile = write_pythia_mirror(tmp_path, [("pythia-70m", 143000)], documents=40)
-    monkeypatch.setenv(models.HUB_MIRROR_ENV, str(tmp_path))
+    monkeypatch.setenv(config.HUB_MIRROR_ENV, str(tmp_path))
     monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "cache"))
-    settings = {"models": ["pythia-70m"], "head_model": "pythia-70m", "head_train_tokens": 1024,
-                "head_eval_tokens": 512, "pile_context": 32, "pile_files": str(pile)}  # fmt: skip
-    config.apply_settings(settings)
+    preset = presets.setup("pythia", settings={"models": ["pythia-70m"], "head_model": "pythia-70m",
+                                               "head_train_tokens": 1024, "head_eval_tokens": 512, "pile_context": 32,
+                                               "pile_files": str(pile)})  # fmt: skip
+    preset = dataclasses.replace(preset, mixture_experiments=tuple(
+        dataclasses.replace(m, seeds=(0, 1), max_extensions=0) for m in preset.mixture_experiments))  # fmt: skip
     try:
-        table = heads.expressive_heads("pythia")
+        table = heads.expressive_heads(preset)
         assert list(dict.fromkeys(table.comparison)) == ["pythia-70m, from scratch",
                                                          "pythia-70m, fine-tuned from its own head"]  # fmt: skip
         for _, group in table.groupby("comparison"):
-            assert group.groupby("head").chosen.sum().eq(1).all()
-            chosen = group[group.chosen].set_index("head")
+            searched = group[group["head"] != "own head"]
+            assert searched.groupby(["head", "seed"]).chosen.sum().eq(1).all()
+            chosen = group[group.chosen & group.seed.isin([0, -1])].set_index("head")
             assert chosen.loc["linear", "rank"] == chosen.loc["own head", "rank"] == 17  # d + 1 for d = 16
-            assert (chosen.rank_contexts == 34).all() and chosen.loss.lt(np.log(4096) + 1).all()
-        scratch = table[table.comparison.str.endswith("scratch")].set_index(["head", "learning_rate"])
-        assert len(scratch) == 4 * 3 + 1  # four heads x three rates, and the own head
-        monkeypatch.setattr(heads, "fit_head", lambda *args, **kwargs: pytest.fail("trained again"))
-        pd.testing.assert_frame_equal(heads.expressive_heads("pythia"), table)
+            assert (chosen.rank_contexts == 34).all() and chosen.test_loss.lt(np.log(4096) + 1).all()
+        scratch = table[table.comparison.str.endswith("scratch")]
+        assert len(scratch) == 4 * 3 * 2 + 1  # four heads x three rates x two seeds, and the own head
+        assert "residual control (K=1)" in set(table["head"])
+        summary = heads.mixture_summary(table)
+        assert set(summary.versus_linear) <= {"", "lower", "higher", "no clear difference"}
+        monkeypatch.setattr(heads.experiments, "search_learning_rate", lambda *a, **k: pytest.fail("trained again"))
+        pd.testing.assert_frame_equal(heads.expressive_heads(preset), table)
     finally:
-        config.apply_settings(None)
+        presets.setup("tiny")
+
+
+def test_residual_control_starts_as_the_linear_head_and_matches_the_mixtures_extra_parameters():
+    weight = torch.randn(50, 8, generator=torch.Generator().manual_seed(2))
+    hidden = torch.randn(6, 8)
+    control = heads.ResidualControl(weight, 8, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(control(hidden), torch.log_softmax(hidden @ weight.T, dim=-1))
+    mos = heads.MixtureOfSoftmaxes.from_head(weight, 2, torch.Generator().manual_seed(0))
+    extra_control = mixture_heads.parameter_count(control) - weight.numel()
+    extra_mixture = mixture_heads.parameter_count(mos) - weight.numel()
+    assert abs(extra_control - extra_mixture) <= 3 * 8  # 2 d^2 + d against 2 d^2 + 4 d
+    assert control.multiply_adds() == 2 * 8 * 8 + 50 * 8
 
 
 def test_thin_windows_keeps_whole_windows_spread_over_the_sample():
     features, targets = torch.arange(40.0)[:, None], torch.arange(40)
-    thinned, kept = heads.thin_windows(features, targets, context=4, tokens=20)
+    thinned, kept = mixture_heads.thin_windows(features, targets, context=4, tokens=20)
     assert kept.tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27, 32, 33, 34, 35]
     assert thinned[:, 0].tolist() == kept.tolist()
-    assert heads.thin_windows(features, targets, context=4, tokens=12)[1].tolist() == [
+    assert mixture_heads.thin_windows(features, targets, context=4, tokens=12)[1].tolist() == [
         0,
         1,
         2,
@@ -276,14 +338,6 @@ def test_thin_windows_keeps_whole_windows_spread_over_the_sample():
         34,
         35,
     ]
-    assert heads.thin_windows(features, targets, context=4, tokens=40)[1] is targets
-    experiment = heads.MixtureExperiment(heads.EXPERIMENTS["tiny"][0], 4, (0.01,), train_tokens=10**9)
-    assert experiment.tokens == heads.EXPERIMENTS["tiny"][0].train_tokens  # never more than the backbone's
-
-
-def test_chosen_at_grid_edge_per_group():
-    table = pd.DataFrame({"model": ["a", "a", "a", "b", "b", "b", "b"],
-                          "learning_rate": [0.1, 0.2, 0.3, 0.1, 0.2, 0.3, float("nan")],
-                          "chosen": [False, True, False, False, False, True, True]})  # fmt: skip
-    edges = heads.chosen_at_grid_edge(table, "model")
-    assert edges.to_dict() == {1: False, 5: True}  # the own head (no rate) is left out
+    assert mixture_heads.thin_windows(features, targets, context=4, tokens=40)[1] is targets
+    experiment = specs.MixtureExperiment(presets.TINY_HEADS, 4, (0.01,), train_tokens=10**9)
+    assert experiment.tokens == presets.TINY_HEADS.train_tokens  # never more than the backbone's

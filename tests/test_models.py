@@ -1,4 +1,4 @@
-"""satlib.models and satlib.evaluate: one registry, the pythia code path on a local copy, bad input."""
+"""satlib.models, satlib.evaluate and satlib.sweep: one registry, the pythia code path on a local copy, bad input."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from satlib import evaluate, models
+from satlib import config, evaluate, models, saturation, sweep
+from satlib.errors import ConfigurationError, DamagedArtefactError, MissingArtefactError, OfflineError
+from satlib.specs import PileSample
 
 
 def small_pythia_like(seed: int = 0) -> GPTNeoXForCausalLM:
@@ -21,7 +23,7 @@ def small_pythia_like(seed: int = 0) -> GPTNeoXForCausalLM:
 def mirror(tmp_path, monkeypatch):
     model = small_pythia_like()
     model.save_pretrained(tmp_path / "EleutherAI" / "pythia-70m" / "step1000")
-    monkeypatch.setenv(models.HUB_MIRROR_ENV, str(tmp_path))
+    monkeypatch.setenv(config.HUB_MIRROR_ENV, str(tmp_path))
     return model
 
 
@@ -39,32 +41,55 @@ def test_heldout_loss_matches_transformers_loss(mirror):
     with torch.no_grad():
         expected = np.mean([float(mirror(input_ids=w[None, :], labels=w[None, :]).loss) for w in windows])
     assert evaluate.heldout_loss(mirror, windows, batch_size=3) == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(ValueError, match="too few"):
+    with pytest.raises(ConfigurationError, match="too few"):
         evaluate.evaluation_windows(ids[:10], context=16, n_tokens=16)
 
 
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: models.load("tiny-d16", preset="huge"), ValueError, "unknown preset 'huge'"),
-        (lambda: models.load("tiny-d17"), ValueError, r"unknown model 'tiny-d17' for preset 'tiny': use one of \["),
-        (lambda: models.load("pythia-70m", 1234, preset="pythia"), ValueError, "no checkpoint at step 1234"),
-        (lambda: models.load("pythia-70m", 1000, preset="pythia"), ConnectionError, "PRESET='tiny'"),
+        (lambda: models.load("tiny-d16", preset="huge"), ConfigurationError, "unknown preset 'huge'"),
+        (
+            lambda: models.load("tiny-d17"),
+            ConfigurationError,
+            r"unknown model 'tiny-d17' for preset 'tiny': use one of \[",
+        ),
+        (lambda: models.load("pythia-70m", 1234, preset="pythia"), ConfigurationError, "no checkpoint at step 1234"),
+        (lambda: models.load("pythia-70m", 1000, preset="pythia"), OfflineError, "PRESET='tiny'"),
+        (lambda: models.load_tokenizer("pythia-70m", preset="pythia"), OfflineError, "PRESET='tiny'"),
+        (
+            lambda: models.load("tiny-d16", 1200.0),
+            ConfigurationError,
+            r"step must be an integer such as 1200, got 1200.0",
+        ),
+        (
+            lambda: models.load("tiny-d16", "1200"),
+            ConfigurationError,
+            r"step must be an integer such as 1200, got '1200'",
+        ),
+        (lambda: models.load("tiny-d16", dtype="float99"), ConfigurationError, r"unknown dtype 'float99': use one of"),
+        (lambda: models.width_of("pythia-70m"), ConfigurationError, "unknown model 'pythia-70m' for preset 'tiny'"),
     ],
 )
 def test_bad_requests_are_one_line_errors(call, error, match, monkeypatch):
-    monkeypatch.delenv(models.HUB_MIRROR_ENV, raising=False)
+    monkeypatch.delenv(config.HUB_MIRROR_ENV, raising=False)
     with pytest.raises(error, match=match) as info:
         call()
     assert "\n" not in str(info.value)
 
 
+def test_widths_of_every_kind_of_model():
+    assert models.width_of("tiny-d64") == 64
+    assert models.width_of("smollm2-135m") == 576
+    assert models.width_of("pythia-410m", "pythia") == 1024
+
+
 def test_missing_and_corrupted_checkpoints(mirror, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+    with pytest.raises(MissingArtefactError, match="no checkpoint of pythia-70m at step 2000 in .*SATLIB_HUB_MIRROR"):
         models.load("pythia-70m", 2000, preset="pythia")
     weights = tmp_path / "EleutherAI" / "pythia-70m" / "step1000" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])
-    with pytest.raises(ValueError, match=r"is corrupted .* delete that folder and run again"):
+    with pytest.raises(DamagedArtefactError, match=r"cannot be read .*: put a complete copy there"):
         models.load("pythia-70m", 1000, preset="pythia")
 
 
@@ -75,9 +100,7 @@ def test_training_tokens():
 
 
 def test_registry_names_and_steps():
-    assert models.suite_names("tiny") == ["tiny-d16", "tiny-d32", "tiny-d64", "tiny-d128"]
-    assert models.model_names("pythia")[-1] == "smollm2-135m"
-    assert models.suite_names("pythia")[0] == "pythia-14m"
+    assert models.checkpoint("tiny-d16", 0).location.endswith("d16/step0")
     steps = models.checkpoint_steps("pythia-160m", "pythia")
     assert len(steps) == 154 and steps[:3] == [0, 1, 2] and steps[-1] == 143000
 
@@ -95,9 +118,10 @@ def test_smollm2_loads_in_one_call_and_knows_paris():
 
 
 def test_smollm2_resolves_to_the_hub_when_online(monkeypatch):
-    monkeypatch.delenv(models.HUB_MIRROR_ENV, raising=False)
-    monkeypatch.setattr(models, "network_available", lambda *args, **kwargs: True)
-    assert models.model_path("smollm2-135m", preset="pythia") == models.SMOLLM2_HUB
+    monkeypatch.delenv(config.HUB_MIRROR_ENV, raising=False)
+    point = models.checkpoint("smollm2-135m", preset="pythia")
+    assert point.location == f"{models.SMOLLM2_HUB}@main" and not point.local
+    assert models.checkpoint("smollm2-135m", preset="tiny").local
 
 
 def test_pythia_figure_1a_code_path_on_a_local_copy(tmp_path, monkeypatch):
@@ -109,16 +133,16 @@ def test_pythia_figure_1a_code_path_on_a_local_copy(tmp_path, monkeypatch):
     tokenizer = tokenization.load_tokenizer(4096)
     mirrored = [(name, step) for name in ("pythia-14m", "pythia-70m") for step in (1000, 2000, 143000)]
     pile = write_pythia_mirror(tmp_path, mirrored, documents=20)
-    monkeypatch.setenv(models.HUB_MIRROR_ENV, str(tmp_path))
+    monkeypatch.setenv(config.HUB_MIRROR_ENV, str(tmp_path))
     monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "cache"))
-    windows = evaluate.pile_windows(n_tokens=600, context=60, data_files=str(pile))
+    windows = evaluate.sample_windows(PileSample(600, 60, str(pile)), "pythia")
     checkpoints = [(name, step) for name in ("pythia-14m", "pythia-70m") for step in (1000, 2000)]
-    losses = evaluate.heldout_losses("pythia", checkpoints=checkpoints, windows=windows)
+    losses = sweep.heldout_losses("pythia", checkpoints=checkpoints, windows=windows)
     assert list(losses.columns) == ["model", "width", "step", "tokens", "loss"]
     assert len(losses) == 4 and set(losses.width) == {128, 512}
     assert losses.tokens.tolist() == [1000 * 2_097_152, 2000 * 2_097_152] * 2
     assert np.all(np.abs(losses.loss - np.log(4096)) < 0.5)  # random small models: close to uniform
-    with pytest.raises(ConnectionError, match="PRESET='tiny'"):
+    with pytest.raises(OfflineError, match="PRESET='tiny'"):
         from satlib.data import pile_sample
 
         pile_sample(tokenizer, 100)
@@ -141,8 +165,8 @@ def test_anisotropy_profile_matches_naive_last_layer(mirror):
 
 
 def test_unknown_measurement():
-    with pytest.raises(ValueError, match="unknown measurements"):
-        evaluate.measure("tiny", ("nope",))
+    with pytest.raises(ConfigurationError, match="unknown measurements"):
+        sweep.measure("tiny", ("nope",), checkpoints=[("tiny-d16", 0)], windows=torch.zeros(1, 2, dtype=torch.long))
 
 
 def test_training_landmarks_on_a_known_curve():
@@ -152,7 +176,7 @@ def test_training_landmarks_on_a_known_curve():
     values, losses = [0.1, 0.2, 0.9, 0.5, 0.3, 0.35], [8, 7, 6, 5, 4.5, 4.6]
     frame = pd.DataFrame({"model": "m", "step": steps, "tokens": [s * 10 for s in steps], "value": values,
                           "heldout_loss": losses})  # fmt: skip
-    landmarks = evaluate.training_landmarks(frame, "value").loc["m"]
+    landmarks = saturation.training_landmarks(frame, "value").loc["m"]
     assert landmarks["largest jump at step"] == 2 and landmarks["peak at step"] == 2
     assert landmarks["peak"] == 0.9 and landmarks["loss at peak"] == 6
     assert landmarks["lowest loss at step"] == 8

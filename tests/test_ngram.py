@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from satlib import metrics, ngram
+from satlib import dimensionality, metrics, ngram
 
 
 def naive_ngram_rows(ids: list[int], n: int) -> dict[tuple[int, ...], dict[int, float]]:
@@ -110,16 +110,17 @@ def test_bad_input_is_a_one_line_error(call, match):
 
 def test_unknown_tokenizer():
     with pytest.raises(ValueError, match="unknown tokenizer"):
-        ngram.corpus_token_ids("gpt2")
+        dimensionality.corpus_token_ids("gpt2")
 
 
 def test_corpus_curves_are_cached_and_equal_to_a_direct_computation(tmp_path, monkeypatch):
     monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path))
     ids = np.random.default_rng(6).zipf(1.3, size=3000) % 50
     calls = []
-    monkeypatch.setattr(ngram, "corpus_token_ids", lambda tokenizer: calls.append(tokenizer) or (ids, 50))
-    first = ngram.corpus_w_error_curves("bpe-4096", [10, 30], n=3)
-    again = ngram.corpus_w_error_curves("bpe-4096", [10, 30], n=3)
+    monkeypatch.setattr(dimensionality, "corpus_token_ids", lambda tokenizer: calls.append(tokenizer) or (ids, 50))
+    monkeypatch.setattr(dimensionality, "corpus_id", lambda: "test-corpus")
+    first = dimensionality.corpus_w_error_curves("bpe-4096", [10, 30], n=3)
+    again = dimensionality.corpus_w_error_curves("bpe-4096", [10, 30], n=3)
     assert calls == ["bpe-4096"]  # the second call reads the cache
     direct = ngram.sparse_w_error_curve(ngram.ngram_matrix(ids, n=3, vocab_size=50, max_contexts=30).matrix)
     np.testing.assert_allclose(again[30], direct, atol=1e-9)
@@ -137,7 +138,7 @@ def test_svds_handles_repeated_singular_values():
 
 def test_svds_agrees_with_the_gram_method_on_the_corpus_matrix():
     """The case that broke ARPACK at its default tolerance (off by 3e-2): the corpus's 5-gram matrix, k = 500."""
-    ids, vocab_size = ngram.corpus_token_ids("bpe-4096")
+    ids, vocab_size = dimensionality.corpus_token_ids("bpe-4096")
     matrix = ngram.ngram_matrix(ids, n=5, vocab_size=vocab_size, max_contexts=3000).matrix
     lanczos = ngram.leading_singular_values(matrix, 500, "svds")
     np.testing.assert_allclose(lanczos, ngram.leading_singular_values(matrix, 500, "gram"), atol=1e-6)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from satlib import build, config, evaluate, heads
+from satlib import build, config, models, network, presets
 from satlib.book import glued_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,49 +23,46 @@ PRESET_DEPENDENT = ("01_saturation", "02_anisotropy", "03_singular_values", "04_
 @pytest.fixture(autouse=True)
 def default_settings():
     yield
-    config.setup("tiny")  # default settings, and the network blocked again (a pythia setup lifts the block)
-    assert config.network_blocked()
+    presets.setup("tiny")  # the network blocked again (a pythia setup lifts the block)
+    assert network.network_blocked()
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
 def test_parameter_files_are_valid(path):
     values = build.load_parameters(path)
     assert set(values) <= {"PRESET", "SEED", "SETTINGS"} and values["SEED"] == 0
-    config.setup(values["PRESET"], values["SEED"], values.get("SETTINGS"))  # unknown names would raise here
-    if values["PRESET"] == "pythia":
-        from satlib.data import paper_values
-        from satlib.models import checkpoint_steps, model_names
-
-        assert set(evaluate.pythia_models()) <= set(model_names("pythia"))
-        for model, step in evaluate.default_checkpoints("pythia"):
-            assert step in checkpoint_steps(model, "pythia"), f"{path.name}: no checkpoint {model} step {step}"
-        experiment = heads.experiments("pythia")[0]
-        assert experiment.model in evaluate.pythia_models()
-        width = int(paper_values("pythia_models").set_index("model").d_model[experiment.model])
+    preset = presets.setup(values["PRESET"], values["SEED"], values.get("SETTINGS"))  # unknown names would raise
+    if preset.published is not None:
+        assert set(preset.measured_models) <= set(preset.model_names())
+        for model, step in preset.checkpoints():
+            assert step in models.checkpoint_steps(model, preset), f"{path.name}: no checkpoint {model} step {step}"
+        experiment = preset.head_experiments[0]
+        assert experiment.model in preset.measured_models
+        width = models.width_of(experiment.model, preset)
         assert {width // 4, width // 2, width} <= set(experiment.ranks)  # chapter 04 compares these
 
 
 def test_paper_file_carries_the_papers_settings():
     settings = build.load_parameters(ROOT / "params" / "paper.yaml")["SETTINGS"]
     assert settings["models"][0] == "pythia-14m" and settings["models"][-1] == "pythia-12b"  # 14M to 12B
-    assert settings["pile_tokens"] == 50_000 and set(evaluate.FIGURE_1A_STEPS) <= set(settings["steps"])
+    assert settings["pile_tokens"] == 50_000 and set(presets.FIGURE_1A_STEPS) <= set(settings["steps"])
 
 
 def test_settings_replace_the_pythia_defaults_and_reject_bad_names():
-    config.setup("pythia", 0, {"models": ["pythia-70m"], "steps": [1000], "head_train_tokens": 4096})
-    assert evaluate.default_checkpoints("pythia") == [("pythia-70m", 1000)]
-    assert heads.experiments("pythia")[0].train_tokens == 4096
-    assert all(e.backbone.train_tokens == 4096 for e in heads.mixture_experiments("pythia"))
-    config.setup("pythia", 0)
-    assert evaluate.default_checkpoints("pythia")[0] == (evaluate.FIGURE_1A_MODELS[0], evaluate.FIGURE_1A_STEPS[0])
+    preset = presets.setup("pythia", 0, {"models": ["pythia-70m"], "steps": [1000], "head_train_tokens": 4096})
+    assert preset.checkpoints() == [("pythia-70m", 1000)]
+    assert preset.head_experiments[0].train_tokens == 4096
+    assert all(e.backbone.train_tokens == 4096 for e in preset.mixture_experiments)
+    default = presets.setup("pythia", 0)
+    assert default.checkpoints()[0] == (presets.FIGURE_1A_MODELS[0], presets.FIGURE_1A_STEPS[0])
     with pytest.raises(ValueError, match="unknown settings \\['model'\\]"):
-        config.setup("pythia", 0, {"model": ["pythia-70m"]})
+        presets.setup("pythia", 0, {"model": ["pythia-70m"]})
     with pytest.raises(ValueError, match="pythia preset only"):
-        config.setup("tiny", 0, {"models": ["pythia-70m"]})
+        presets.setup("tiny", 0, {"models": ["pythia-70m"]})
     with pytest.raises(ValueError, match="models must be a non-empty list of str"):
-        config.setup("pythia", 0, {"models": "pythia-70m"})  # a string is not a list of models
+        presets.setup("pythia", 0, {"models": "pythia-70m"})  # a string is not a list of models
     with pytest.raises(ValueError, match="pile_tokens must be of type int"):
-        config.setup("pythia", 0, {"pile_tokens": "50k"})
+        presets.setup("pythia", 0, {"pile_tokens": "50k"})
 
 
 def test_book_runs_with_a_parameter_file_on_a_local_mirror(tmp_path):

@@ -1,4 +1,5 @@
-"""satlib.saturation: schedules, the verdict on known curves, and the committed snapshot's completeness."""
+"""satlib.saturation, satlib.long_run and satlib.shapes: the verdict on known curves, the singular-entropy
+normalisation against its closed form, the committed snapshot's completeness, the shapes and their seeds."""
 
 from __future__ import annotations
 
@@ -8,19 +9,39 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from satlib import saturation
+from satlib import long_run, models, saturation, shapes, specs, training
+from satlib.errors import MissingArtefactError
 
 
-def test_schedules():
-    cosine, constant = saturation.long_runs(steps=1000)
+def test_long_run_schedules():
+    cosine, constant = long_run.long_runs(steps=1000)
     assert (cosine.schedule, constant.schedule) == ("cosine", "constant")
     assert cosine.key() != constant.key()  # separate caches
-    assert constant.learning_rate(0) == pytest.approx(constant.peak_lr / 10)  # 10 warm-up steps
-    assert constant.learning_rate(10) == constant.learning_rate(999) == constant.peak_lr
     assert cosine.learning_rate(999) == pytest.approx(0.1 * cosine.peak_lr, rel=1e-3)
-    with pytest.raises(ValueError, match="unknown schedule"):
-        saturation.LongRunSpec("long", (4,), schedule="linear")
-    assert 1 <= saturation.threads_for_load()
+
+
+@pytest.mark.parametrize("width", [4, 128, 768])
+@pytest.mark.parametrize("power", [1, 2])
+def test_collapsed_entropy_matches_a_direct_computation(width, power):
+    sigma = np.full(width, 0.01)
+    sigma[0] = 1.0
+    assert saturation.collapsed_entropy(0.01, width, power) == pytest.approx(
+        __import__("satlib.metrics", fromlist=["singular_entropy"]).singular_entropy(sigma, power), rel=1e-9
+    )
+
+
+def test_the_issues_worked_example_of_the_normalisation():
+    """All ratios at 0.01 and d = 128: KL 1.46 with sigma normalised, 4.72 with sigma squared (ln 128 = 4.85)."""
+    assert saturation.collapsed_entropy(0.01, 128, 1) == pytest.approx(1.46, abs=0.01)
+    assert saturation.collapsed_entropy(0.01, 128, 2) == pytest.approx(4.72, abs=0.01)
+
+
+def test_the_adopted_normalisation_is_what_the_papers_figures_support():
+    from satlib.data import paper_values
+
+    figure4, figure5 = paper_values("fig4_spectrum_ratios"), paper_values("fig5_singular_entropy")
+    table = saturation.paper_normalisation(saturation.collapsed_ratios(figure4), saturation.collapse_plateaus(figure5))
+    assert saturation.supported_power(table) == saturation.SINGULAR_ENTROPY_POWER == 2
 
 
 def curve_table(heldout: list[float], train: list[float], anisotropy: list[float] | None = None) -> pd.DataFrame:
@@ -54,45 +75,53 @@ def test_spectrum_phases_find_peak_minimum_and_rebound():
 
 
 def test_missing_snapshot_names_the_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="make long-run"):
-        saturation.load_snapshot(tmp_path / "none.json")
+    with pytest.raises(MissingArtefactError, match="make long-run"):
+        long_run.load_snapshot(tmp_path / "none.json")
 
 
 def test_committed_snapshot_is_complete_and_has_provenance():
-    table, provenance = saturation.load_snapshot()
+    table, provenance = long_run.load_snapshot()
     for field in ("command", "commit", "date", "machine", "wall_seconds", "specs", "training", "widths_trained"):
         assert provenance[field], field
-    assert provenance["command"].startswith("python -m satlib.saturation run")
+    assert provenance["command"].startswith(("python -m satlib long-run", "python -m satlib.saturation run"))
     widths = provenance["widths_trained"]
     expected_runs = {(spec["schedule"], width) for spec in provenance["specs"] for width in widths}
     assert set(zip(table.schedule, table.width, strict=True)) == expected_runs  # every trained run is there
-    assert {schedule for schedule, _ in expected_runs} == set(saturation.SCHEDULES)
+    assert {schedule for schedule, _ in expected_runs} == set(specs.SCHEDULES)
     for spec in provenance["specs"]:
-        expected = saturation.LongRunSpec(**{**spec, "widths": tuple(spec["widths"])}).checkpoint_steps()
+        fields = {"name": spec.get("name", spec.get("preset")), "widths": tuple(spec["widths"]),
+                  **{k: v for k, v in spec.items() if k not in ("name", "preset", "widths")}}  # fmt: skip
+        expected = specs.SuiteSpec(**fields).checkpoint_steps()
         for width, group in table[table.schedule == spec["schedule"]].groupby("width"):
             assert group.step.tolist() == expected, f"{spec['schedule']} d={width}: checkpoints missing"
     assert table.heldout_loss.between(0, 9).all() and table.train_loss.between(0, 9).all()
     assert table.last_anisotropy.between(-0.05, 1.0).all()
-    assert json.loads(saturation.SNAPSHOT.read_text())["rows"][0]["step"] == 0
+    assert json.loads(long_run.SNAPSHOT.read_text())["rows"][0]["step"] == 0
 
 
-def test_shape_comparison_trains_each_shape_once_and_reuses_the_suite(tmp_path, monkeypatch):
-    from satlib import suite
-
+@pytest.mark.slow
+def test_shape_comparison_trains_each_shape_and_seed_once_and_reuses_the_suite(tmp_path, monkeypatch):
     monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path))
-    base = suite.SuiteSpec(preset="tiny", widths=(16,), steps=20, batch_size=2, context=16, checkpoints_evenly=2)
-    monkeypatch.setitem(suite.SUITES, "tiny", base)
-    monkeypatch.setattr(saturation, "SAMPLE_TOKENS", 512)
-    assert saturation.shape_spec(16, 2, base) is base  # the suite's own model, its cache reused
-    deeper = saturation.shape_spec(8, 3, base)
-    assert (deeper.widths, deeper.n_layers, deeper.steps) == ((8,), 3, 20) and deeper.key() != base.key()
-    table = saturation.shape_comparison(((16, 2), (8, 3)))
+    base = specs.SuiteSpec(name="tiny", widths=(16,), steps=20, batch_size=2, context=16, checkpoints_evenly=2)
+    monkeypatch.setattr(long_run, "SAMPLE_TOKENS", 512)
+    assert shapes.shape_spec(16, 2, base) is base  # the suite's own model, its cache reused
+    deeper = shapes.shape_spec(8, 3, base, seed=1)
+    assert (deeper.widths, deeper.n_layers, deeper.steps, deeper.seed) == (
+        (8,),
+        3,
+        20,
+        1,
+    ) and deeper.key() != base.key()
+    table = shapes.shape_comparison(((16, 2), (8, 3)), seeds=(0, 1), base=base)
     assert table.run.unique().tolist() == ["d=16, 2 layers", "d=8, 3 layers"]
-    assert table.groupby("run").step.apply(list).tolist() == [[0, 10, 20], [0, 10, 20]]
-    assert (suite.model_dir(base, 16) / "complete.json").is_file()
+    assert table.groupby(["run", "seed"]).step.apply(list).tolist() == [[0, 10, 20]] * 4
+    data = training.CorpusBatches(base.vocab_size)
+    assert (models.model_dir(base, 16, data.identity) / "complete.json").is_file()
     assert table.groupby("run").layers.first().tolist() == [2, 3]
     assert table.parameters.iloc[0] > table.parameters.iloc[-1]
     assert np.all(table.heldout_loss.groupby(table.run).last() < np.log(4096))  # trained
+    final = table[table.step == 20].set_index(["run", "seed"]).heldout_loss
+    assert final["d=16, 2 layers", 0] != final["d=16, 2 layers", 1]  # another seed, another model
     assert {"tokens_per_parameter", "last_anisotropy", "singular_entropy"} <= set(table.columns)
-    monkeypatch.setattr(suite, "train_model", lambda *args, **kwargs: pytest.fail("trained again"))
-    pd.testing.assert_frame_equal(saturation.shape_comparison(((16, 2), (8, 3))), table)
+    monkeypatch.setattr(training, "_train", lambda *args, **kwargs: pytest.fail("trained again"))
+    pd.testing.assert_frame_equal(shapes.shape_comparison(((16, 2), (8, 3)), seeds=(0, 1), base=base), table)

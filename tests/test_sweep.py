@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import threading
 import time
@@ -13,40 +14,42 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 import torch
 
-from satlib import evaluate, models, sweep
-from satlib.suite import suite_spec
+from satlib import evaluate, models, presets, sweep, training
+from satlib.errors import ConfigurationError
 from satlib.tokenization import token_ids
 
 MODEL = "tiny-d16"
 
 
 @pytest.fixture(scope="module")
-def windows() -> torch.Tensor:
-    spec = suite_spec("tiny")
-    return evaluate.evaluation_windows(token_ids("validation", spec.vocab_size), spec.context, 4 * spec.context)
+def windows() -> dict[str, torch.Tensor]:
+    spec = presets.TINY_SUITE
+    return {"evaluation": evaluate.evaluation_windows(token_ids("validation", spec.vocab_size), spec.context,
+                                                      4 * spec.context)}  # fmt: skip
 
 
 def tasks(measurements: tuple[str, ...] = ("heldout_loss",)) -> list[sweep.Task]:
-    return sweep.tasks_for("tiny", measurements, [(MODEL, step) for step in models.checkpoint_steps(MODEL)])
+    return [sweep.Task(models.checkpoint(MODEL, step), measurements) for step in models.checkpoint_steps(MODEL)]
 
 
 def test_store_is_keyed_and_atomic(tmp_path):
     store = sweep.ResultStore(tmp_path)
-    store.put("tiny", MODEL, 8, "heldout_loss", {"windows": "a"}, 5.0)
-    assert store.get("tiny", MODEL, 8, "heldout_loss", {"windows": "a"}) == 5.0
-    assert store.get("tiny", MODEL, 8, "heldout_loss", {"windows": "b"}) is None  # other data: missing
-    assert store.path("tiny", MODEL, 8, "heldout_loss") == tmp_path / "tiny" / MODEL / "step8" / "heldout_loss.json"
+    point = models.checkpoint(MODEL, 8)
+    store.put(point, "heldout_loss", {"data": "a"}, 5.0)
+    assert store.get(point, "heldout_loss", {"data": "a"}) == 5.0
+    assert store.get(point, "heldout_loss", {"data": "b"}) is None  # other data: missing
+    assert store.path(point, "heldout_loss") == tmp_path / "tiny" / MODEL / "step8" / "heldout_loss.json"
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temporary files left
-    task = sweep.Task("tiny", MODEL, 8, ("heldout_loss", "head_singular_values"))
-    assert store.missing([task], {task: {"windows": "a"}}) == [task]  # one of its measurements is missing
 
 
-def test_key_names_the_checkpoint_and_dtype(windows):
-    task = tasks()[3]
-    key = sweep.task_key(task, sweep.windows_key(windows), "float32")
-    assert key["dtype"] == "float32" and f"step{task.step}" in key["checkpoint"]
-    assert key["checkpoint"] != sweep.task_key(tasks()[4], sweep.windows_key(windows), "float32")["checkpoint"]
-    assert key != sweep.task_key(task, sweep.windows_key(windows), "bfloat16")
+def test_key_names_the_checkpoint_content_dtype_and_data(windows):
+    hashes = sweep.data_keys(windows)
+    key = sweep.result_key(tasks()[3].checkpoint, "heldout_loss", hashes, "float32")
+    assert key["dtype"] == "float32" and key["data"] == hashes["evaluation"]
+    assert "/" not in key["checkpoint"]  # the checkpoint's content, not its path: a moved cache is reused
+    assert key["checkpoint"] != sweep.result_key(tasks()[4].checkpoint, "heldout_loss", hashes, "float32")["checkpoint"]
+    assert key != sweep.result_key(tasks()[3].checkpoint, "heldout_loss", hashes, "bfloat16")
+    assert sweep.result_key(tasks()[3].checkpoint, "head_singular_values", hashes, "float32")["data"] is None
 
 
 def test_serial_sweep_resumes_and_matches_a_direct_measurement(tmp_path, windows, monkeypatch):
@@ -55,13 +58,45 @@ def test_serial_sweep_resumes_and_matches_a_direct_measurement(tmp_path, windows
     sweep.sweep(first, windows, store)
     ran = []
     original = sweep.run_task
-    monkeypatch.setattr(sweep, "run_task", lambda task, *args: ran.append(task.step) or original(task, *args))
+    monkeypatch.setattr(
+        sweep, "run_task", lambda task, *args: ran.append(task.checkpoint.step) or original(task, *args)
+    )
     table = sweep.sweep(tasks(), windows, store)
-    assert ran == [t.step for t in tasks()[5:]]  # the stored five are not measured again
-    direct = evaluate.heldout_loss(models.load(MODEL, table.step.iloc[-1]), windows)
+    assert ran == [t.checkpoint.step for t in tasks()[5:]]  # the stored five are not measured again
+    direct = evaluate.heldout_loss(models.load(MODEL, int(table.step.iloc[-1])), windows["evaluation"])
     assert table.heldout_loss.iloc[-1] == pytest.approx(direct, rel=1e-6)
-    with pytest.raises(ValueError, match="unknown measurements"):
-        sweep.sweep([sweep.Task("tiny", MODEL, 0, ("perplexity",))], windows, store)
+    with pytest.raises(ConfigurationError, match="unknown measurements"):
+        sweep.sweep([sweep.Task(tasks()[0].checkpoint, ("perplexity",))], windows, store)
+    with pytest.raises(ConfigurationError, match=r"need token windows called \['training'\]"):
+        sweep.sweep([sweep.Task(tasks()[0].checkpoint, ("train_loss",))], windows, store)
+
+
+def test_a_damaged_record_is_measured_again(tmp_path, windows, capsys):
+    store = sweep.ResultStore(tmp_path)
+    table = sweep.sweep(tasks()[:2], windows, store)
+    path = store.path(tasks()[1].checkpoint, "heldout_loss")
+    path.write_text(path.read_text()[:10])  # truncated
+    again = sweep.sweep(tasks()[:2], windows, store)
+    assert again.equals(table) and "is damaged: measuring it again" in capsys.readouterr().err
+    assert path.read_text().endswith("}")  # repaired
+
+
+@pytest.mark.slow
+def test_a_moved_cache_is_reused(tmp_path, monkeypatch):
+    """Records are keyed by the checkpoints' content, not their paths: the whole cache moved elsewhere (another
+    machine, a copy from a cluster) answers without measuring anything."""
+    from test_training import DATA, TEST_SPEC
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "here"))
+    training.ensure_trained([(TEST_SPEC, 8, DATA)])
+    data = {"evaluation": DATA.batch(TEST_SPEC, 999), "training": DATA.batch(TEST_SPEC, 0)}
+    table = sweep.measure_trained([(TEST_SPEC, 8, DATA)], data)
+    shutil.move(tmp_path / "here", tmp_path / "there")
+    monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "there"))
+    monkeypatch.setattr(sweep, "run_task", lambda *args: pytest.fail("measured again"))
+    assert sweep.measure_trained([(TEST_SPEC, 8, DATA)], data).equals(table)
+    assert set(table.columns) >= {"heldout_loss", "train_loss", "anisotropy_profile", "head_singular_values"}
 
 
 def test_process_pool_equals_serial(tmp_path, windows):

@@ -28,10 +28,10 @@ def test_wheel_installs_with_declared_dependencies_and_imports_everything(tmp_pa
     run(python, "-m", "pip", "install", "-q", "-c", ROOT / "requirements" / "ci.txt", wheel)
     check = (
         f"import importlib\nfor name in {MODULES!r}:\n    importlib.import_module(name)\n"
-        "from satlib import data, saturation\n"
+        "from satlib import data, long_run\n"
         "assert len(data.paper_values('fig6_rank_constrained_heads')) > 5\n"
-        "table, provenance = saturation.load_snapshot()\n"
-        "assert 'site-packages' in str(saturation.SNAPSHOT) and len(table) > 0\n"
+        "table, provenance = long_run.load_snapshot()\n"
+        "assert 'site-packages' in str(long_run.SNAPSHOT) and len(table) > 0\n"
         "import satlib; print(satlib.__file__)"
     )
     location = run(python, "-c", check, cwd=tmp_path)  # not the checkout: the installed package must suffice

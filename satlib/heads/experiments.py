@@ -1,0 +1,211 @@
+"""New heads on frozen backbones, run and summarised (experiments layer): the rank-constrained sweep of paper §5.1
+(Figures 6, 8 and 9) and the Mixture-of-Softmaxes comparison of §6.
+
+Every head's learning rate is chosen on a validation sample and its loss reported on a separate test sample
+(:func:`satlib.heads.lowrank.search_learning_rate`); each experiment runs several seeds where its cost allows, and
+the summaries report their mean and spread. Results are cached as JSON under ``<cache>/heads/<model>/``, keyed by
+the experiment and the features it trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from satlib.claims import compare
+from satlib.config import cache_dir
+from satlib.heads.features import HeadData, experiment_data
+from satlib.heads.lowrank import LowRankHead, evaluate_head, search_learning_rate
+from satlib.heads.mixture import (
+    MixtureOfSoftmaxes,
+    comparison_heads,
+    log_probability_spectrum,
+    parameter_count,
+    seconds_per_token,
+    thin_windows,
+)
+from satlib.metrics import rank_of_spectrum, singular_values, w_error, w_error_curve
+from satlib.ngram import dimension_at
+from satlib.presets import Preset, get_preset
+from satlib.specs import HeadExperiment, MixtureExperiment
+from satlib.storage import digest, progress, read_json, write_json
+
+
+def _results_path(kind: str, model: str, spec: object, data: HeadData) -> Path:
+    return cache_dir() / "heads" / model / f"{kind}-{digest([asdict(spec), data.key])}.json"
+
+
+def run_rank_experiment(
+    experiment: HeadExperiment, preset: str | Preset = "tiny", device: str = "cpu", dtype: str = "float32"
+) -> pd.DataFrame:
+    """Every head of one backbone's rank sweep (cached): one row per (rank, seed, learning rate tried).
+
+    Returns:
+        Columns ``model``, ``width``, ``rank``, ``seed``, ``learning_rate``, ``validation_loss``, ``test_loss``,
+        ``test_accuracy``, ``chosen`` (the rate with the lowest validation loss for that rank and seed),
+        ``at_edge``, ``w_error`` (of the backbone's own head at rank r, Figure 8), ``truncated_loss`` (the own head
+        truncated to rank r, untrained, on the test sample), and ``original``; a last row (``original`` True,
+        ``rank`` = d) holds the backbone's own head on the test sample.
+    """
+    preset = get_preset(preset)
+    data = experiment_data(experiment, preset, device, dtype)
+    path = _results_path("ranks", experiment.model, experiment, data)
+    if path.is_file():
+        return pd.DataFrame(read_json(path))
+    vocab_size, width = data.head.shape
+    tables = []
+    runs = [(rank, seed) for rank in experiment.ranks for seed in experiment.seeds_of(rank)]
+    for rank, seed in progress(runs, desc=f"rank-constrained heads on {experiment.model}", leave=False):
+        if experiment.training.init == "svd":
+            build = lambda generator, r=rank: LowRankHead.from_head(data.head, r)  # noqa: E731
+        else:
+            build = lambda generator, r=rank: LowRankHead(vocab_size, width, r, generator)  # noqa: E731
+        table, _ = search_learning_rate(build, data.train, data.validation, data.test, experiment.learning_rates,
+                                        experiment.training, seed, experiment.max_extensions, device)  # fmt: skip
+        tables.append(table.assign(rank=rank, seed=seed))
+    runs_table = pd.concat(tables, ignore_index=True)
+    sigma = singular_values(data.head)
+    truncated = {r: evaluate_head(LowRankHead.from_head(data.head, r), data.test)[0] for r in experiment.ranks}
+    runs_table["truncated_loss"] = runs_table["rank"].map(truncated)
+    runs_table["original"] = False
+    own_loss, own_accuracy = evaluate_head(data.head, data.test)
+    own = {"rank": width, "seed": -1, "learning_rate": float("nan"), "validation_loss": float("nan"),
+           "test_loss": own_loss, "test_accuracy": own_accuracy, "chosen": True, "at_edge": False,
+           "truncated_loss": own_loss, "original": True}  # fmt: skip
+    runs_table = pd.concat([runs_table, pd.DataFrame([own])], ignore_index=True)
+    runs_table["w_error"] = [w_error(sigma, min(int(r), sigma.size)) for r in runs_table["rank"]]
+    runs_table = runs_table.assign(model=experiment.model, width=width)
+    write_json(path, runs_table.to_dict(orient="records"))
+    return runs_table
+
+
+def rank_constrained_heads(preset: str | Preset = "tiny", device: str = "cpu", dtype: str = "float32") -> pd.DataFrame:
+    """Every rank experiment of a preset (``preset.head_experiments``), one table (Figures 6, 8 and 9)."""
+    preset = get_preset(preset)
+    return pd.concat([run_rank_experiment(e, preset, device, dtype) for e in preset.head_experiments],
+                     ignore_index=True)  # fmt: skip
+
+
+def rank_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone and rank, over seeds: the chosen heads' test loss (mean, spread = range, seeds), the loss
+    relative to the full-rank head of the same seed (mean and range), the chosen rates, how many sit at a grid
+    edge, the W-error and the truncated head's loss, and the backbone's own head."""
+    rows = []
+    for model, group in runs.groupby("model", sort=False):
+        chosen = group[group.chosen & ~group.original]
+        full_rank = int(chosen["rank"].max())
+        reference = chosen[chosen["rank"] == full_rank].set_index("seed").test_loss
+        own = float(group[group.original].test_loss.iloc[0])
+        for rank, by_rank in chosen.groupby("rank"):
+            ratios = [row.test_loss / reference[row.seed] for row in by_rank.itertuples() if row.seed in reference]
+            rows.append({
+                "model": model, "width": int(group.width.iloc[0]), "rank": int(rank), "seeds": len(by_rank),
+                "test_loss": float(by_rank.test_loss.mean()), "test_loss_spread": float(np.ptp(by_rank.test_loss)),
+                "test_accuracy": float(by_rank.test_accuracy.mean()),
+                "relative_loss": float(np.mean(ratios)) if ratios else float("nan"),
+                "relative_loss_spread": float(np.ptp(ratios)) if ratios else float("nan"),
+                "learning_rate": float(by_rank.learning_rate.median()), "at_edge": int(by_rank.at_edge.sum()),
+                "w_error": float(by_rank.w_error.iloc[0]), "truncated_loss": float(by_rank.truncated_loss.iloc[0]),
+                "own_loss": own,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def run_mixture_experiment(
+    experiment: MixtureExperiment, preset: str | Preset = "tiny", device: str = "cpu", dtype: str = "float32"
+) -> pd.DataFrame:
+    """Train every head of a comparison at every rate and seed (cached); measure the first seed's chosen heads.
+
+    Returns:
+        One row per (head, seed, rate tried): ``comparison``, ``model``, ``head``, ``seed``, ``learning_rate``,
+        ``validation_loss``, ``test_loss``, ``test_accuracy``, ``chosen``, ``at_edge``, ``parameters``,
+        ``multiply_adds`` per token; for the first seed's chosen heads also ``rank`` (numerical rank of the
+        log-probability matrix on ``rank_contexts`` validation contexts), ``dimension_99`` (singular directions
+        that leave under 1% of its Frobenius norm) and ``seconds_per_token`` (CPU forward pass over 4,096 tokens).
+        A last row ``own head`` is the backbone's untrained head on the test sample.
+    """
+    preset = get_preset(preset)
+    data = experiment_data(experiment.backbone, preset, device, dtype)
+    path = _results_path("mixture", experiment.backbone.model, experiment, data)
+    if path.is_file():
+        return pd.DataFrame(read_json(path))
+    train = thin_windows(*data.train, experiment.backbone.context, experiment.tokens)
+    vocab_size, width = data.head.shape
+    builders = comparison_heads(experiment, vocab_size, width, data.head)
+    count = min(experiment.rank_contexts or 2 * (width + 1), data.validation[0].shape[0])
+    contexts = data.validation[0][:: data.validation[0].shape[0] // count][:count]
+    tables = []
+    runs = [(label, seed) for label in builders for seed in experiment.seeds]
+    for label, seed in progress(runs, desc=f"heads on {experiment.backbone.model}", leave=False):
+        table, head = search_learning_rate(builders[label], train, data.validation, data.test,
+                                           experiment.learning_rates, experiment.training, seed,
+                                           experiment.max_extensions, device)  # fmt: skip
+        table = table.assign(head=label, seed=seed, parameters=parameter_count(head),
+                             multiply_adds=head.multiply_adds())  # fmt: skip
+        if seed == experiment.seeds[0]:
+            table = table.assign(**_head_shape(head, contexts, data.validation[0], vocab_size, table.chosen))
+        tables.append(table)
+    own = MixtureOfSoftmaxes.from_head(data.head, 1)  # the linear head itself, measured alike
+    own_loss, own_accuracy = evaluate_head(own, data.test)
+    own_row = {"head": "own head", "seed": -1, "learning_rate": float("nan"), "validation_loss": float("nan"),
+               "test_loss": own_loss, "test_accuracy": own_accuracy, "chosen": True, "at_edge": False,
+               "parameters": parameter_count(own), "multiply_adds": own.multiply_adds(),
+               **_head_shape(own, contexts, data.validation[0], vocab_size, None)}  # fmt: skip
+    table = pd.concat([*tables, pd.DataFrame([own_row])], ignore_index=True)
+    table = table.assign(model=experiment.backbone.model, comparison=experiment.label, width=width,
+                         vocab_size=vocab_size)  # fmt: skip
+    write_json(path, table.to_dict(orient="records"))
+    return table
+
+
+def _head_shape(head: torch.nn.Module, contexts: torch.Tensor, features: torch.Tensor, vocab_size: int,
+                chosen: pd.Series | None) -> dict:  # fmt: skip
+    """Rank, 99% dimension and CPU time of a head, on the chosen row only (NaN elsewhere)."""
+    sigma = log_probability_spectrum(head, contexts)
+    values = {"rank": rank_of_spectrum(sigma, contexts.shape[0], vocab_size), "rank_contexts": contexts.shape[0],
+              "dimension_99": dimension_at(w_error_curve(sigma), 0.01),
+              "seconds_per_token": seconds_per_token(head, features[:4096])}  # fmt: skip
+    if chosen is None:
+        return values
+    return {name: [value if flag else float("nan") for flag in chosen] for name, value in values.items()}
+
+
+def expressive_heads(preset: str | Preset = "tiny", device: str = "cpu", dtype: str = "float32") -> pd.DataFrame:
+    """Every head comparison of a preset (``preset.mixture_experiments``), one table."""
+    preset = get_preset(preset)
+    return pd.concat([run_mixture_experiment(e, preset, device, dtype) for e in preset.mixture_experiments],
+                     ignore_index=True)  # fmt: skip
+
+
+def mixture_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per comparison and head, over seeds: test loss (mean, spread, seeds), the paired comparison with the linear
+    head (:func:`satlib.claims.compare`), and parameters, multiply-adds and CPU time relative to the linear head."""
+    rows = []
+    for comparison, group in runs.groupby("comparison", sort=False):
+        chosen = group[group.chosen]
+        linear = chosen[chosen["head"] == "linear"].set_index("seed")
+        for label, by_head in chosen.groupby("head", sort=False):
+            by_seed = by_head.set_index("seed")
+            first = by_head.sort_values("seed").iloc[-1 if label == "own head" else 0]
+            shared = [s for s in by_seed.index if s in linear.index]
+            versus = (
+                compare(by_seed.test_loss[shared], linear.test_loss[shared])
+                if label not in ("linear", "own head")
+                else None
+            )
+            rows.append({
+                "comparison": comparison, "head": label, "seeds": len(by_head),
+                "test_loss": float(by_head.test_loss.mean()), "test_loss_spread": float(np.ptp(by_head.test_loss)),
+                "difference_to_linear": versus.difference if versus else float("nan"),
+                "versus_linear": versus.direction if versus else "",
+                "parameters_vs_linear": float(first.parameters / linear.parameters.iloc[0]),
+                "multiply_adds_vs_linear": float(first.multiply_adds / linear.multiply_adds.iloc[0]),
+                "seconds_vs_linear": float(first.seconds_per_token / linear.seconds_per_token.dropna().iloc[0]),
+                "rank": first["rank"], "rank_contexts": first.rank_contexts, "dimension_99": first.dimension_99,
+                "at_edge": int(by_head.at_edge.sum()),
+            })  # fmt: skip
+    return pd.DataFrame(rows)

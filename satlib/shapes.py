@@ -1,0 +1,61 @@
+"""Wider or deeper at one parameter budget (experiments layer; the open question of paper §6).
+
+The paper's §6 calls shallower, wider small models an unpromising direction (citing Merrill et al. 2022, Tay et
+al. 2022, Petty et al. 2023), while its own argument says a wider head raises the rank bound. This experiment trains
+(width, layers) pairs of (almost) one parameter budget on the ``tiny`` suite's recipe, data order and steps, with
+several seeds, and measures every evenly spaced checkpoint through :mod:`satlib.sweep` like the long runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+
+from satlib.long_run import corpus_samples
+from satlib.presets import TINY_SUITE
+from satlib.saturation import derived_columns
+from satlib.specs import SuiteSpec
+from satlib.sweep import measure_trained
+from satlib.training import BatchSource, CorpusBatches, ensure_trained
+
+#: (width, layers) pairs of one budget: (128, 2) is the suite's own ``tiny-d128`` (1,445,376 parameters); (96, 6)
+#: has 0.9% more. A third shape (144, 1) would have 1.0% fewer; it is left out to keep the build short.
+SHAPES: tuple[tuple[int, int], ...] = ((128, 2), (96, 6))
+#: Seeds of each shape (initialisation and data order): the spread between them is what a difference must beat.
+SHAPE_SEEDS: tuple[int, ...] = (0, 1, 2)
+
+
+def shape_spec(width: int, layers: int, base: SuiteSpec = TINY_SUITE, seed: int = 0) -> SuiteSpec:
+    """The suite that trains a (width, layers) model with ``seed``: ``base`` itself when it holds that model (its
+    cache is reused), else ``base`` with that one width, depth and seed."""
+    if layers == base.n_layers and width in base.widths and seed == base.seed:
+        return base
+    return replace(base, name=f"{base.name}-shapes", widths=(width,), n_layers=layers, seed=seed)
+
+
+def shape_runs(
+    shapes: tuple[tuple[int, int], ...] = SHAPES, seeds: tuple[int, ...] = SHAPE_SEEDS, base: SuiteSpec = TINY_SUITE
+) -> list[tuple[SuiteSpec, int, BatchSource]]:
+    """(suite, width, data) of every model of the comparison, for :func:`satlib.training.ensure_trained`."""
+    data = CorpusBatches(base.vocab_size)
+    return [(shape_spec(width, layers, base, seed), width, data) for width, layers in shapes for seed in seeds]
+
+
+def shape_comparison(
+    shapes: tuple[tuple[int, int], ...] = SHAPES,
+    seeds: tuple[int, ...] = SHAPE_SEEDS,
+    base: SuiteSpec = TINY_SUITE,
+    jobs: int = 1,
+) -> pd.DataFrame:
+    """Train (once; cached) and measure every shape and seed at every evenly spaced checkpoint.
+
+    Returns:
+        One row per shape, seed and checkpoint: ``run`` (e.g. ``d=96, 6 layers``), ``width``, ``layers``, ``seed``,
+        ``parameters``, ``step``, ``tokens``, the measurements and :func:`satlib.saturation.derived_columns`.
+    """
+    runs = shape_runs(shapes, seeds, base)
+    ensure_trained(runs, jobs)
+    table = measure_trained(runs, corpus_samples(base.vocab_size, base.context), evenly_spaced=True)
+    table = table.assign(run=[f"d={w}, {n} layers" for w, n in zip(table.width, table.layers, strict=True)])
+    return derived_columns(table)
