@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make book   sets up .venv, executes every notebook with papermill, builds the HTML in _build/html
+#               (PARAMS=FILE: in _build/params/<file stem>/html, leaving the published book alone)
 #   make test   lint, unit tests, notebook checks, nbval reproducibility, checks of the built HTML
 PYTHON ?= python3
 VENV   := .venv
@@ -42,12 +43,16 @@ suite: setup
 long-run: setup
 	$(BIN)/python -m satlib.saturation run $(LONG_RUN_ARGS)
 
+# Executed notebooks go to book/notebooks/ (the published book), or with PARAMS=FILE to _build/params/<file stem>/,
+# never over the published book; a notebook's copy is replaced only when it executed. Records each run in
+# _build/logs/executions.json (or the parameter file's logs/) and the page book/build_info.md. Ctrl-C stops at once.
 execute: suite
 	$(BIN)/python -m satlib.build execute --jobs $(JOBS) --timeout $(TIMEOUT) $(if $(PARAMS),--parameters $(PARAMS))
 
+# _build/html with warnings as errors (jupyter-book build --all -W -n --keep-going .), after writing the
+# build-information page; with PARAMS=FILE, _build/params/<file stem>/html from the chapters that executed.
 html: setup
-	rm -rf _build/html _build/.doctrees _build/jupyter_execute
-	$(BIN)/jupyter-book build --all -W -n --keep-going .
+	$(BIN)/python -m satlib.build html $(if $(PARAMS),--parameters $(PARAMS))
 
 # Headless Chromium and its driver for tests/test_browser.py, from Debian's registry (root or sudo needed). If they
 # cannot be installed the browser test reports itself as skipped, with this target named as the fix.

@@ -5,25 +5,71 @@
 
     sum_i Huber_delta( LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i ),    delta = 1e-3,
 
-by L-BFGS from each point of a grid of 4,500 initialisations, keeping the best. Any subset of the five
-parameters can be held fixed (the paper fits only A and alpha). All starts run as one batched L-BFGS in
-NumPy: one array of shape (starts, free parameters), one vectorised objective, a per-start line search.
+by L-BFGS from each point of a grid of 4,500 initialisations, keeping the best, inside the parameter box
+:data:`BOX`. Any subset of the five parameters can be held fixed (the paper fits only A and alpha). All starts
+run as one batched, box-projected L-BFGS in NumPy: one array of shape (starts, free parameters), one vectorised
+objective, a per-start line search.
+
+What the data can determine (:func:`fit_chinchilla` checks it; ``k_N``, ``k_D``: the numbers of distinct N and D):
+
+* **Refused** (:class:`~satlib.errors.FitError`): fewer distinct (N, D) points than free parameters; or no side of
+  the law can be determined. A side (the N side ``A / N**alpha``, the D side ``B / D**beta``) with ``f`` free
+  parameters needs ``f`` distinct values of its variable, plus one when E is free (its term is told apart from the
+  constant E only by how it varies): free ``A, alpha`` need ``k_N >= 2``, free ``E, A, alpha`` need
+  ``k_N >= 3``, free ``alpha`` alone ``k_N >= 1``. The fit is refused when every side with free parameters has
+  fewer distinct values than it needs. Also refused: inputs that are not positive and finite, a ``delta`` that is
+  not a positive finite number, and losses at or below the law's fixed floor (a fixed E, plus a side whose
+  constants are both fixed), which no positive A, B can reach.
+* **Warned** (:class:`FitWarning`, and listed in :attr:`ChinchillaFit.undetermined`): free parameters that a change
+  along some direction leaves every prediction unchanged to first order, i.e. in the null space of the Jacobian of
+  the log-law at the optimum over the data points (or whose term has vanished there). With every point at one D
+  and all five free (chapter 01's exercise), only ``E + B/D**beta`` is determined: B and beta are listed, and E too
+  unless the D term has vanished on an edge of the box; with E, B and beta fixed (the paper's fit of A and alpha,
+  §3) nothing is.
+* **Warned** (and listed in :attr:`ChinchillaFit.at_bound`): free parameters whose optimum lies on the edge of
+  :data:`BOX` (for example A at its lower edge when the loss does not fall with N).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from satlib.errors import FitError
+
 PARAMETERS = ("E", "A", "B", "alpha", "beta")
 #: How many of the best end points of the 4,500 starts are refined with a strict tolerance.
 POLISHED_STARTS = 32
 #: Internal coordinates, in the order of PARAMETERS: log E, log A, log B, alpha, beta.
 _LOG_PARAMETERS = {"E", "A", "B"}
+#: The box every free parameter is fitted in (natural units, inclusive). Wide enough for every published fit
+#: (Kaplan et al. 2020, Hoffmann et al. 2022, Besiroglu et al. 2024: exponents 0.07 to 0.4, A and B 10 to 3e3)
+#: and for losses in nats; it contains Hoffmann's grid of starts and stops the runaway of degenerate fits (an
+#: exponent of 1,000 that makes a term vanish, E of 1e-25). An optimum on its edge is reported, not hidden.
+BOX: dict[str, tuple[float, float]] = {
+    "E": (1e-3, 1e2),
+    "A": (1e-4, 1e40),
+    "B": (1e-4, 1e40),
+    "alpha": (0.0, 3.0),
+    "beta": (0.0, 3.0),
+}
+#: Free parameters of each side of the law, and the variable that side varies with.
+_SIDES = {"N": ("A", "alpha"), "D": ("B", "beta")}
+#: Relative size below which a singular value of the column-normalised Jacobian counts as zero.
+_RANK_TOLERANCE = 1e-8
+#: Distance (internal coordinates) within which a parameter counts as on the edge of the box.
+_BOUND_TOLERANCE = 1e-6
+
+
+class FitWarning(UserWarning):
+    """A fit that succeeded but that the data do not fully support (undetermined parameters, an edge of the box)."""
 
 
 def chinchilla_loss(
@@ -43,6 +89,8 @@ class ChinchillaFit:
         E, A, B, alpha, beta: the law's constants.
         objective: the summed Huber loss at the optimum (NaN for constants that were not fitted).
         fixed: names of the parameters that were held fixed.
+        at_bound: free parameters whose optimum lies on an edge of :data:`BOX`.
+        undetermined: free parameters the data do not determine (see the module's docstring).
     """
 
     E: float
@@ -52,6 +100,8 @@ class ChinchillaFit:
     beta: float
     objective: float = float("nan")
     fixed: tuple[str, ...] = ()
+    at_bound: tuple[str, ...] = ()
+    undetermined: tuple[str, ...] = ()
 
     def predict(self, n_params: ArrayLike, n_tokens: ArrayLike) -> NDArray[np.float64]:
         """Predicted loss for N parameters and D tokens (arrays broadcast)."""
@@ -64,14 +114,22 @@ def _checked_data(
     arrays = [np.asarray(x, dtype=np.float64).ravel() for x in (n_params, n_tokens, loss)]
     lengths = {len(a) for a in arrays}
     if len(lengths) != 1:
-        raise ValueError(f"n_params, n_tokens and loss must have the same length, got {[len(a) for a in arrays]}")
+        raise FitError(
+            f"n_params, n_tokens and loss must have the same length, got {[len(a) for a in arrays]}: "
+            "pass one loss per (N, D) point"
+        )
     if lengths == {0}:
-        raise ValueError("no data points: pass at least one (n_params, n_tokens, loss) triple")
+        raise FitError("no data points: pass at least one (n_params, n_tokens, loss) triple")
     for name, values in zip(("n_params", "n_tokens", "loss"), arrays, strict=True):
         if not np.all(np.isfinite(values)):
-            raise ValueError(f"{name} contains NaN or infinity: drop those points before fitting")
+            index = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise FitError(f"{name} contains NaN or infinity (at index {index}): drop those points before fitting")
         if np.any(values <= 0):
-            raise ValueError(f"{name} must be positive (the law is fitted in log space)")
+            index = int(np.flatnonzero(values <= 0)[0])
+            raise FitError(
+                f"{name} must be positive (the law is fitted in log space), got {values[index]:g} at index {index}: "
+                "drop that point"
+            )
     return arrays[0], arrays[1], arrays[2]
 
 
@@ -79,15 +137,84 @@ def _checked_fixed(fixed: Mapping[str, float] | None) -> dict[str, float]:
     fixed = dict(fixed or {})
     unknown = set(fixed) - set(PARAMETERS)
     if unknown:
-        raise ValueError(f"cannot fix {sorted(unknown)}: fixed accepts {list(PARAMETERS)}")
+        raise FitError(f"cannot fix {sorted(unknown)}: fixed accepts {list(PARAMETERS)}")
     for name, value in fixed.items():
-        if not np.isfinite(value) or (name in _LOG_PARAMETERS and value <= 0):
-            raise ValueError(
-                f"fixed {name}={value!r} must be finite{' and positive' if name in _LOG_PARAMETERS else ''}"
+        if not isinstance(value, numbers.Real) or not np.isfinite(value) or (name in _LOG_PARAMETERS and value <= 0):
+            raise FitError(
+                f"fixed {name}={value!r} must be a finite number{' and positive' if name in _LOG_PARAMETERS else ''}"
             )
     if len(fixed) == len(PARAMETERS):
-        raise ValueError("all five parameters are fixed: nothing to fit")
-    return fixed
+        raise FitError("all five parameters are fixed: nothing to fit (use chinchilla_loss to evaluate the law)")
+    return {name: float(value) for name, value in fixed.items()}
+
+
+def _checked_delta(delta: float) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not math.isfinite(delta) or delta <= 0:
+        raise FitError(
+            f"delta must be a positive finite number (the Huber threshold; Hoffmann et al. use 1e-3), got {delta!r}"
+        )
+    return float(delta)
+
+
+def _check_determinable(n: NDArray[np.float64], d: NDArray[np.float64], free: tuple[str, ...]) -> None:
+    """Refuse data that cannot determine the free parameters (the rules of the module's docstring)."""
+    points = len(np.unique(np.stack([n, d], axis=1), axis=0))
+    if points < len(free):
+        raise FitError(
+            f"{points} distinct (N, D) point{'s' if points != 1 else ''} cannot determine {len(free)} free "
+            f"parameters ({', '.join(free)}): add points or hold some fixed with fixed={{...}}"
+        )
+    distinct = {"N": len(np.unique(n)), "D": len(np.unique(d))}
+    needs: dict[str, tuple[list[str], int]] = {}
+    for side, names in _SIDES.items():
+        side_free = [name for name in names if name in free]
+        if side_free:
+            needs[side] = (side_free, len(side_free) + ("E" in free))
+    if needs and all(distinct[side] < need for side, (_, need) in needs.items()):
+        parts = [
+            f"free {', '.join(names + (['E'] if 'E' in free else []))} need {need} distinct {side}, "
+            f"the data have {distinct[side]}"
+            for side, (names, need) in needs.items()
+        ]
+        raise FitError(
+            f"the data determine no side of the law ({'; '.join(parts)}): add points with other N or D, "
+            "or hold parameters fixed"
+        )
+
+
+def _check_floor(
+    n: NDArray[np.float64], d: NDArray[np.float64], loss: NDArray[np.float64], fixed: Mapping[str, float]
+) -> None:
+    """Refuse losses at or below a fixed E, or below what the fixed part of the law already predicts (a side whose
+    constant and exponent are both fixed): positive A and B only add to it."""
+    floors = []
+    if "E" in fixed:
+        floors.append(("the fixed E", np.full_like(loss, fixed["E"])))
+    floor = np.full_like(loss, fixed.get("E", 0.0))
+    parts = ["E"] if "E" in fixed else []
+    for (constant, exponent), variable in ((_SIDES["N"], n), (_SIDES["D"], d)):
+        if constant in fixed and exponent in fixed:
+            floor = floor + fixed[constant] / variable ** fixed[exponent]
+            parts.append(f"{constant}/{'N' if variable is n else 'D'}^{exponent}")
+    if len(parts) > 1 or (parts and "E" not in fixed):
+        floors.append((f"the law's fixed part {' + '.join(parts)}", floor))
+    for what, values in floors:
+        below = np.flatnonzero(loss <= values)
+        if below.size:
+            i = int(below[0])
+            raise FitError(
+                f"loss {loss[i]:.6g} at N={n[i]:.4g}, D={d[i]:.4g} is at or below {what} = {values[i]:.6g} "
+                f"({below.size} of {loss.size} losses are), which no positive A, B can reach: "
+                "lower the fixed constants or free them"
+            )
+
+
+def box(free: list[int]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Lower and upper edges of :data:`BOX` in internal coordinates, for the free parameters (indices)."""
+    edges = np.array(
+        [[np.log(BOX[name][k]) if name in _LOG_PARAMETERS else BOX[name][k] for k in (0, 1)] for name in PARAMETERS]
+    )
+    return edges[free, 0], edges[free, 1]
 
 
 def initial_grid() -> NDArray[np.float64]:
@@ -129,8 +256,9 @@ class HuberObjective:
         theta[:, self.free] = free_values
         return theta
 
-    def __call__(self, free_values: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Objective, shape (starts,), and gradient, shape (starts, n_free)."""
+    def _shares(self, free_values: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Log-law ``LSE(a - alpha log N, b - beta log D, e)``, shape (starts, n), and each term's share of the law
+        (dLSE/dterm), shape (3, starts, n): the N term, the D term, E."""
         theta = self.full(free_values)
         e, a, b, alpha, beta = (theta[:, i : i + 1] for i in range(5))
         terms = np.stack(
@@ -139,11 +267,15 @@ class HuberObjective:
         peak = terms.max(axis=0)
         weights = np.exp(terms - peak)
         total = weights.sum(axis=0)
-        residual = peak + np.log(total) - self.log_loss
+        return peak + np.log(total), weights / total
+
+    def __call__(self, free_values: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Objective, shape (starts,), and gradient, shape (starts, n_free)."""
+        log_law, soft = self._shares(free_values)
+        residual = log_law - self.log_loss
         quadratic = np.abs(residual) <= self.delta
         value = np.where(quadratic, 0.5 * residual**2, self.delta * (np.abs(residual) - 0.5 * self.delta)).sum(axis=1)
         slope = np.where(quadratic, residual, self.delta * np.sign(residual))  # dHuber/dresidual
-        soft = weights / total  # dLSE/dterm
         gradient = np.stack(
             [
                 (slope * soft[2]).sum(axis=1),  # e
@@ -156,6 +288,30 @@ class HuberObjective:
         )
         return value, gradient[:, self.free]
 
+    def jacobian(self, free_values: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Derivatives of the log-law at each data point with respect to the free internal parameters, shape
+        (n, n_free), at one parameter vector of shape (n_free,)."""
+        _, soft = self._shares(free_values[None, :])
+        soft = soft[:, 0]  # (3, n)
+        columns = np.stack([soft[2], soft[0], soft[1], -soft[0] * self.log_n, -soft[1] * self.log_d], axis=1)
+        return columns[:, self.free]
+
+
+def undetermined_parameters(jacobian: NDArray[np.float64], names: list[str]) -> tuple[str, ...]:
+    """Names of the columns of ``jacobian`` (n, k) that take part in its null space: moving those parameters together
+    along some direction leaves every prediction unchanged to first order. Columns are normalised first, so the
+    test does not depend on the parameters' units; a column that vanishes counts as undetermined."""
+    norms = np.linalg.norm(jacobian, axis=0)
+    vanished = norms <= 1e-12 * max(norms.max(), np.finfo(np.float64).tiny)
+    kept = np.flatnonzero(~vanished)
+    undetermined = set(np.flatnonzero(vanished).tolist())
+    if kept.size:
+        _, singular, right = np.linalg.svd(jacobian[:, kept] / norms[kept], full_matrices=True)
+        rank = int(np.sum(singular > _RANK_TOLERANCE * singular[0]))
+        null_space = right[rank:]  # (kept - rank, kept)
+        undetermined |= set(kept[np.linalg.norm(null_space, axis=0) > 1e-3].tolist())
+    return tuple(names[i] for i in sorted(undetermined))
+
 
 def batched_lbfgs(
     objective: HuberObjective,
@@ -164,35 +320,47 @@ def batched_lbfgs(
     history: int = 10,
     gtol: float = 1e-9,
     ftol: float = 2.22e-9,
+    lower: NDArray[np.float64] | None = None,
+    upper: NDArray[np.float64] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Minimise independent problems, one per row of ``x0``, with L-BFGS and an Armijo backtracking search.
+    """Minimise independent problems, one per row of ``x0``, with L-BFGS and an Armijo backtracking search,
+    inside the box ``[lower, upper]`` (shape (dim,); ``None``: unbounded).
 
-    Each row keeps its own curvature history (``history`` pairs) and step; a row stops once its gradient's
-    max-norm falls below ``gtol``, an accepted step improves its objective by less than ``ftol`` (relative to
-    ``max(|f|, 1)``, scipy's L-BFGS-B criterion and default),
-    or no step along its direction decreases the objective. Work is done on the rows still running only.
+    Each row keeps its own curvature history (``history`` pairs) and step; a row stops once its projected
+    gradient's max-norm falls below ``gtol``, an accepted step improves its objective by less than ``ftol``
+    (relative to ``max(|f|, 1)``, scipy's L-BFGS-B criterion and default), or no step along its direction decreases
+    the objective. The box is kept by projection: a coordinate on an edge whose gradient pushes it out is held
+    there for the step, and trial points are clipped into the box. Work is done on the rows still running only.
 
     Returns:
         The minimisers, shape like ``x0``, and the objective at each, shape (starts,).
     """
-    x = np.array(x0, dtype=np.float64)
-    starts, dim = x.shape
+    starts, dim = np.shape(x0)
+    low = np.full(dim, -np.inf) if lower is None else np.asarray(lower, dtype=np.float64)
+    high = np.full(dim, np.inf) if upper is None else np.asarray(upper, dtype=np.float64)
+    x = np.clip(np.array(x0, dtype=np.float64), low, high)
     f, g = objective(x)
     s_hist = np.zeros((starts, history, dim))
     y_hist = np.zeros((starts, history, dim))
     rho = np.zeros((starts, history))  # 0 marks an empty slot: it then contributes nothing
     scale = np.ones(starts)  # initial inverse Hessian s'y / y'y of the newest accepted pair
     first = np.ones(starts, dtype=bool)
-    active = np.abs(g).max(axis=1) > gtol
+
+    def held(point: NDArray[np.float64], push: NDArray[np.float64]) -> NDArray[np.bool_]:
+        """Coordinates on an edge that ``push`` (a descent direction) would move out of the box."""
+        return ((point <= low) & (push < 0)) | ((point >= high) & (push > 0))
+
+    active = np.abs(np.where(held(x, -g), 0.0, g)).max(axis=1) > gtol
     for iteration in range(max_iter):
         rows = np.flatnonzero(active)
         if rows.size == 0:
             break
         xa, fa, ga = x[rows], f[rows], g[rows]
         sa, ya, rhoa = s_hist[rows], y_hist[rows], rho[rows]
+        free_gradient = np.where(held(xa, -ga), 0.0, ga)
         # Two-loop recursion, vectorised over rows, newest pair first.
         order = [(iteration - 1 - k) % history for k in range(history)]
-        q = ga.copy()
+        q = free_gradient.copy()
         alphas = np.zeros((rows.size, history))
         for slot in order:
             alphas[:, slot] = rhoa[:, slot] * np.einsum("sd,sd->s", sa[:, slot], q)
@@ -201,27 +369,29 @@ def batched_lbfgs(
         for slot in reversed(order):
             beta = rhoa[:, slot] * np.einsum("sd,sd->s", ya[:, slot], r)
             r += (alphas[:, slot] - beta)[:, None] * sa[:, slot]
-        direction = -r
+        direction = np.where(held(xa, -ga) | held(xa, -r), 0.0, -r)
         slope = np.einsum("sd,sd->s", ga, direction)
         uphill = slope >= 0
-        direction[uphill] = -ga[uphill]
-        slope[uphill] = -np.einsum("sd,sd->s", ga[uphill], ga[uphill])
-        # Armijo backtracking (c1 = 1e-4); the very first step is scaled to the gradient's size.
-        step = np.where(first[rows], 1.0 / np.maximum(np.abs(ga).sum(axis=1), 1.0), 1.0)
+        direction[uphill] = -free_gradient[uphill]
+        slope[uphill] = -np.einsum("sd,sd->s", free_gradient[uphill], free_gradient[uphill])
+        # Armijo backtracking (c1 = 1e-4) along the projected path; the very first step is scaled to the
+        # gradient's size.
+        step = np.where(first[rows], 1.0 / np.maximum(np.abs(free_gradient).sum(axis=1), 1.0), 1.0)
         new_x, new_f, new_g = xa.copy(), fa.copy(), ga.copy()
-        searching = np.ones(rows.size, dtype=bool)
+        searching = slope < 0
         for _ in range(50):
             pending = np.flatnonzero(searching)
             if pending.size == 0:
                 break
-            trial = xa[pending] + step[pending, None] * direction[pending]
+            trial = np.clip(xa[pending] + step[pending, None] * direction[pending], low, high)
             trial_f, trial_g = objective(trial)
-            accept = np.isfinite(trial_f) & (trial_f <= fa[pending] + 1e-4 * step[pending] * slope[pending])
+            decrease = np.einsum("sd,sd->s", ga[pending], trial - xa[pending])
+            accept = np.isfinite(trial_f) & (trial_f <= fa[pending] + 1e-4 * decrease) & (decrease < 0)
             done = pending[accept]
             new_x[done], new_f[done], new_g[done] = trial[accept], trial_f[accept], trial_g[accept]
             searching[done] = False
             step[pending[~accept]] *= 0.5
-        moved = ~searching
+        moved = ~searching & np.any(new_x != xa, axis=1)
         s_new, y_new = new_x - xa, new_g - ga
         sy = np.einsum("sd,sd->s", s_new, y_new)
         yy = np.einsum("sd,sd->s", y_new, y_new)
@@ -235,7 +405,8 @@ def batched_lbfgs(
         first[rows] = False
         improvement = (fa - new_f) / np.maximum(np.maximum(np.abs(fa), np.abs(new_f)), 1.0)  # as scipy
         x[rows], f[rows], g[rows] = new_x, new_f, new_g
-        still = moved & (improvement >= ftol) & (np.abs(new_g).max(axis=1) > gtol)
+        projected = np.where(held(new_x, -new_g), 0.0, new_g)
+        still = moved & (improvement >= ftol) & (np.abs(projected).max(axis=1) > gtol)
         active[rows] = still
     return x, f
 
@@ -257,23 +428,37 @@ def fit_chinchilla(
         delta: Huber threshold; a large delta makes the objective half the sum of squared log residuals.
 
     Returns:
-        The best fit over all starts.
+        The best fit over all starts, inside :data:`BOX`, with the free parameters that lie on an edge of the box
+        (``at_bound``) and those the data do not determine (``undetermined``); each non-empty list is also warned
+        (:class:`FitWarning`, one line).
+
+    Raises:
+        FitError: data that cannot determine the fit, or bad input (the rules of the module's docstring).
     """
     n, d, y = _checked_data(n_params, n_tokens, loss)
     fixed_values = _checked_fixed(fixed)
-    if delta <= 0:
-        raise ValueError(f"delta must be positive, got {delta}")
+    delta = _checked_delta(delta)
+    free_names = tuple(name for name in PARAMETERS if name not in fixed_values)
+    _check_determinable(n, d, free_names)
+    _check_floor(n, d, y, fixed_values)
     objective = HuberObjective(n, d, y, fixed_values, delta)
+    lower, upper = box(objective.free)
     starts = np.unique(initial_grid()[:, objective.free], axis=0)
-    x, f = batched_lbfgs(objective, starts)
+    x, f = batched_lbfgs(objective, starts, lower=lower, upper=upper)
     # Polish the most promising end points with a strict tolerance: cheap, and the loose per-start stopping
     # rule (scipy's default) can leave the winner a hair above its minimum.
     promising = np.argsort(np.where(np.isfinite(f), f, np.inf))[:POLISHED_STARTS]
-    x, f = batched_lbfgs(objective, x[promising], max_iter=5000, ftol=1e-15)
+    x, f = batched_lbfgs(objective, x[promising], max_iter=5000, ftol=1e-15, lower=lower, upper=upper)
     best = int(np.nanargmin(f))
     theta = objective.full(x[best : best + 1])[0]
     e, a, b, alpha, beta = theta
-    return ChinchillaFit(
+    at_bound = tuple(
+        free_names[k]
+        for k, value in enumerate(x[best])
+        if value - lower[k] <= _BOUND_TOLERANCE or upper[k] - value <= _BOUND_TOLERANCE
+    )
+    undetermined = undetermined_parameters(objective.jacobian(x[best]), list(free_names))
+    fit = ChinchillaFit(
         E=float(np.exp(e)),
         A=float(np.exp(a)),
         B=float(np.exp(b)),
@@ -281,6 +466,37 @@ def fit_chinchilla(
         beta=float(beta),
         objective=float(f[best]),
         fixed=tuple(name for name in PARAMETERS if name in fixed_values),
+        at_bound=at_bound,
+        undetermined=undetermined,
+    )
+    if undetermined:
+        warnings.warn(_undetermined_message(undetermined, n, d), FitWarning, stacklevel=2)
+    if at_bound:
+        edges = []
+        for name in at_bound:
+            value = getattr(fit, name)
+            low_edge, high_edge = BOX[name]
+            side = "lower" if abs(value - low_edge) <= abs(value - high_edge) else "upper"
+            edges.append(f"{name} = {value:.4g} on its {side} edge")
+        warnings.warn(
+            f"fit_chinchilla: the optimum lies on the edge of the parameter box (satlib.scaling.BOX): "
+            f"{', '.join(edges)}; the data push the law to an extreme: check them or hold these parameters fixed",
+            FitWarning,
+            stacklevel=2,
+        )
+    return fit
+
+
+def _undetermined_message(names: tuple[str, ...], n: NDArray[np.float64], d: NDArray[np.float64]) -> str:
+    hints = []
+    if len(np.unique(d)) == 1 and {"B", "beta"} & set(names):
+        hints.append(f"every point has D = {d[0]:.4g}, so only E + B/D^beta is determined")
+    if len(np.unique(n)) == 1 and {"A", "alpha"} & set(names):
+        hints.append(f"every point has N = {n[0]:.4g}, so only E + A/N^alpha is determined")
+    because = f" ({'; '.join(hints)})" if hints else ""
+    return (
+        f"fit_chinchilla: {', '.join(names)} {'is' if len(names) == 1 else 'are'} not determined by the data"
+        f"{because}: other values fit as well; hold them fixed (fixed={{...}}) or add points with other N and D"
     )
 
 
