@@ -31,28 +31,28 @@ $(VENV)/.installed: requirements/ci.txt pyproject.toml
 	$(BIN)/python -m pip check
 	touch $@
 
-# The offline corpus, tokenizers, the tiny model suite and its measurements, SmolLM2-135M: built once, cached in
-# .cache/ (resumable).
+# The offline corpus, tokenizers, the tiny model suite and the wider-versus-deeper models (two at a time, one thread
+# each), the measurements of every checkpoint, SmolLM2-135M: built once, cached in .cache/ (resumable), checked on
+# every run (a damaged checkpoint is retrained).
 suite: setup
-	$(BIN)/python -m satlib.suite train --preset tiny
-	$(BIN)/python -m satlib.models prepare
+	$(BIN)/python -m satlib prepare --jobs $(JOBS)
 
 # The long-run saturation experiment (d = 4, both schedules: about 40 minutes of training on one idle core,
 # resumable): rewrites the frozen snapshot satlib/data_files/snapshots/long_run.json that chapters 01 and 03 draw.
 # LONG_RUN_ARGS="--widths 4 8" adds d = 8. Never part of `make book`.
 long-run: setup
-	$(BIN)/python -m satlib.saturation run $(LONG_RUN_ARGS)
+	$(BIN)/python -m satlib long-run $(LONG_RUN_ARGS)
 
 # Executed notebooks go to book/notebooks/ (the published book), or with PARAMS=FILE to _build/params/<file stem>/,
 # never over the published book; a notebook's copy is replaced only when it executed. Records each run in
 # _build/logs/executions.json (or the parameter file's logs/) and the page book/build_info.md. Ctrl-C stops at once.
 execute: suite
-	$(BIN)/python -m satlib.build execute --jobs $(JOBS) --timeout $(TIMEOUT) $(if $(PARAMS),--parameters $(PARAMS))
+	$(BIN)/python -m satlib execute --jobs $(JOBS) --timeout $(TIMEOUT) $(if $(PARAMS),--parameters $(PARAMS))
 
 # _build/html with warnings as errors (jupyter-book build --all -W -n --keep-going .), after writing the
 # build-information page; with PARAMS=FILE, _build/params/<file stem>/html from the chapters that executed.
 html: setup
-	$(BIN)/python -m satlib.build html $(if $(PARAMS),--parameters $(PARAMS))
+	$(BIN)/python -m satlib html $(if $(PARAMS),--parameters $(PARAMS))
 
 # Headless Chromium and its driver for tests/test_browser.py, from Debian's registry (root or sudo needed). If they
 # cannot be installed the browser test reports itself as skipped, with this target named as the fix.

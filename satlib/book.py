@@ -18,8 +18,10 @@ from typing import Any
 
 import matplotlib as mpl
 import pandas as pd
+from IPython.display import Markdown
 
-from satlib.claims import records_json
+from satlib.claims import CLAIMS
+from satlib.verdicts import records_json
 
 #: Colours of the book's figures, in the order series are drawn (colour-blind safe, Okabe & Ito 2008).
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -158,3 +160,12 @@ def glue_claims(claims: list[Any]) -> None:
     """Glue a chapter's ledger records for the build (``claims``, JSON) and its one-line status (``status``)."""
     glue("claims", records_json(claims))
     glue("status", status_line(claims))
+
+
+def criteria(chapter: str) -> Markdown:
+    """The claims a chapter judges, each with the criterion fixed for it before any result (:data:`CLAIMS`), as a
+    list to show at the top of the chapter."""
+    lines = [f"- **{spec.id}**{' (beyond the paper)' if spec.beyond_paper else ''}: {spec.claim} "
+             f"*Paper:* {spec.paper_value}. *Criterion:* {spec.criterion}"
+             for spec in CLAIMS.values() if spec.chapter == chapter]  # fmt: skip
+    return Markdown("\n".join(lines))

@@ -1,77 +1,16 @@
-"""The claims ledger: every claim of the paper, its criterion written before the result, and a computed verdict
-(methods layer: plain records and arithmetic).
+"""The claims ledger: every claim of the paper, with the paper's value and the criterion the book judges it by,
+fixed here before any chapter computes anything (methods layer).
 
-:data:`CLAIMS` registers each claim once: what the paper says, the paper's value with its provenance, and the
-criterion the book judges it by. Those are fixed here, in the library, before any chapter computes anything; a
-chapter computes the book's value and asks the claim for a :class:`Claim` record (:meth:`ClaimSpec.judge`), whose
-verdict comes from one vocabulary (:data:`VERDICTS`). The build collects the records of every chapter into the
-intro's ledger and ``claims.json``.
-
-:func:`compare` is the one rule for "helps" and "hurts": a difference counts only when it exceeds the
-seed-to-seed spread and every seed agrees on its sign.
+A chapter computes the book's value and asks the claim for its record (:meth:`ClaimSpec.judge`), whose verdict
+comes from one vocabulary (:data:`satlib.verdicts.VERDICTS`). The build collects every chapter's records into the
+intro's ledger and ``claims.json``; a test checks that each chapter states each criterion before its result.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
-from numpy.typing import ArrayLike
-
-from satlib.errors import ConfigurationError
-
-#: The verdicts of the book, explained on the intro page. Questions beyond the paper use ``BEYOND + finding``.
-VERDICTS = {
-    "reproduced": "independent data or models, criterion met",
-    "re-derived": "recomputed from the paper's own values or other published data: agreement checks the method, "
-    "not the finding",
-    "partly reproduced": "some parts of the criterion met, others not",
-    "not reproduced at this scale": "the book's models or data do not reach the regime the claim is about",
-    "contradicted": "the book's evidence goes against the claim",
-    "not tested": "the book cannot test it (the record says why)",
-}
-BEYOND = "tested beyond the paper: "
-#: The keys of every record in ``claims.json``.
-RECORD_KEYS = ("id", "chapter", "claim", "paper_value", "book_value", "criterion", "verdict", "provenance")
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One row of the ledger: a claim, the paper's and the book's values, the criterion and the verdict.
-
-    Attributes:
-        id: a short stable name (``fig6-rank-heads``). chapter: the notebook that judges it. section: the paper's
-            section (the ledger is grouped by it). claim: what the paper says, in one sentence.
-        paper_value: the paper's number or statement, with its source. book_value: what the book computed.
-        criterion: how the verdict is decided (fixed before the result). verdict: a word of :data:`VERDICTS`, or
-            :data:`BEYOND` and a short finding. provenance: where the book's value comes from.
-        caveats: what the verdict rests on that a reader must know (one seed, a grid edge, a difference inside the
-            seed-to-seed spread, a limit of the paper's own evidence).
-    """
-
-    id: str
-    chapter: str
-    section: str
-    claim: str
-    paper_value: str
-    book_value: str
-    criterion: str
-    verdict: str
-    provenance: str
-    caveats: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.verdict not in VERDICTS and not (self.verdict.startswith(BEYOND) and len(self.verdict) > len(BEYOND)):
-            raise ConfigurationError(
-                f"claim {self.id}: verdict {self.verdict!r} is not in the book's vocabulary {sorted(VERDICTS)} "
-                f"and does not start with {BEYOND!r}"
-            )
-
-    def record(self) -> dict:
-        """The claim as a JSON-ready dict (every key of :data:`RECORD_KEYS`, then ``section`` and ``caveats``)."""
-        return {key: getattr(self, key) for key in RECORD_KEYS} | {"section": self.section,
-                                                                   "caveats": list(self.caveats)}  # fmt: skip
+from satlib.verdicts import BEYOND, Claim
 
 
 @dataclass(frozen=True)
@@ -86,62 +25,22 @@ class ClaimSpec:
     criterion: str
     beyond_paper: bool = False
 
-    def judge(self, verdict: str, book_value: str, provenance: str, caveats: tuple[str, ...] | list[str] = ()) -> Claim:
-        """The ledger record of this claim with the book's computed value and verdict."""
+    def judge(
+        self,
+        verdict: str,
+        book_value: str,
+        provenance: str,
+        caveats: tuple[str, ...] | list[str] = (),
+        paper_value: str | None = None,
+    ) -> Claim:
+        """The ledger record of this claim with the book's computed value and verdict (empty caveats dropped);
+        ``paper_value`` replaces the registered description when the chapter computes it from the paper's data."""
+        caveats = [caveat for caveat in caveats if caveat]
         if self.beyond_paper and not verdict.startswith(BEYOND):
             verdict = BEYOND + verdict
-        return Claim(self.id, self.chapter, self.section, self.claim, self.paper_value, book_value, self.criterion,
+        paper = paper_value or self.paper_value
+        return Claim(self.id, self.chapter, self.section, self.claim, paper, book_value, self.criterion,
                      verdict, provenance, tuple(caveats))  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Two arms measured over the same seeds (e.g. a mixture head and a linear head), compared.
-
-    Attributes:
-        difference: mean of ``a`` minus mean of ``b``. spread: the larger of the two arms' ranges over seeds (0 for
-            one seed). seeds: how many. agree: every seed's paired difference has the difference's sign.
-        direction: ``lower`` or ``higher`` (a below or above b, beyond the spread, every seed agreeing), or
-            ``no clear difference``.
-    """
-
-    difference: float
-    spread: float
-    seeds: int
-    agree: bool
-    direction: str = field(default="no clear difference")
-
-    @property
-    def one_seed(self) -> bool:
-        return self.seeds < 2
-
-
-def compare(a: ArrayLike, b: ArrayLike, minimum: float = 0.0) -> Comparison:
-    """Compare two arms seed by seed (paired): a direction only when the mean difference exceeds both the seed-to-seed
-    spread and ``minimum``, and every seed agrees on its sign. With one seed there is no spread: the direction is
-    then given by ``minimum`` alone, and :attr:`Comparison.one_seed` says so."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
-        raise ConfigurationError(
-            f"compare needs two equal, non-empty 1-D arrays (one value per seed), got {a.shape}, {b.shape}"
-        )
-    difference = float(a.mean() - b.mean())
-    spread = float(max(np.ptp(a), np.ptp(b))) if a.size > 1 else 0.0
-    agree = bool(np.all(np.sign(a - b) == np.sign(difference))) and difference != 0
-    clear = agree and abs(difference) > max(spread, minimum)
-    direction = ("lower" if difference < 0 else "higher") if clear else "no clear difference"
-    return Comparison(difference, spread, int(a.size), agree, direction)
-
-
-def records_json(claims: list[Claim]) -> str:
-    """The records of some claims as one JSON text (what a chapter glues for the build's ledger)."""
-    return json.dumps([claim.record() for claim in claims])
-
-
-def claims_from_json(text: str) -> list[Claim]:
-    """Claims back from :func:`records_json` (the build reads them out of executed chapters)."""
-    return [Claim(**{k: v for k, v in record.items() if k != "caveats"}, caveats=tuple(record.get("caveats", ())))
-            for record in json.loads(text)]  # fmt: skip
 
 
 #: How much higher than its minimum a head's singular entropy must rise late in training to count as a collapse,
@@ -276,8 +175,7 @@ _CLAIMS = [
         "04_rank_constrained_heads",
         "§5.1",
         "A frozen model with a new head of rank r below its width d loses performance, more the lower r (Figure 6).",
-        "Pythia-1B (d = 2,048): loss 1.024 times the full-rank head's at r = d/2 and 1.069 times at r = d/4 "
-        "(Figure 6, digitised)",
+        "Pythia-1B's loss at r = d/2 and d/4 relative to r = d (Figure 6, digitised; computed in the chapter)",
         "On the book's suite model (d = 128, three seeds at the compared ranks, rates chosen on validation, losses on "
         "test): the loss relative to r = d exceeds 1 by more than the seed-to-seed spread at r = d/2 and at r = d/4, "
         "and the mean test loss never falls as r falls. Reproduced when all hold.",
@@ -319,10 +217,11 @@ _CLAIMS = [
         "The W-error of 5-gram next-token distributions becomes small only at 10,000 to 15,000 dimensions, far above "
         "the widths of small models (Figure 7).",
         "W-error about 0.1 reached only near d = 10,000 to 15,000 on The Pile and WikiText (Figure 7, digitised)",
-        "Read only where a curve stands clearly (twice) above its sampling-noise floor: reproduced when the corpus's "
-        "curves stay above W-error 0.1 beyond d = 1,000 there; not reproduced at this scale when the corpus can "
-        "only resolve the curve above the noise floor at far smaller d (its dimension at the 0.1 level is then "
-        "not measurable); the part it can resolve (the dimension at W-error 0.5) is reported.",
+        "Curves are read only where they stand at least twice above their sampling-noise floor (estimated "
+        "analytically and checked by splitting the corpus's occurrences in halves). Reproduced when, for every "
+        "tokenizer, the curve is still above W-error 0.1 at d = 1,000 where it can be read; not reproduced at this "
+        "scale when the corpus cannot resolve it that far (the level 0.1 then lies inside the noise, or the "
+        "number of contexts caps the rank below 1,000).",
     ),
     ClaimSpec(
         "x-ngram-contexts",
@@ -330,8 +229,8 @@ _CLAIMS = [
         "§5.1",
         "Does the dimension read off an n-gram curve depend on how many contexts enter the matrix?",
         "the paper does not report its number of contexts",
-        "The dimension at W-error 0.5 (above the noise floor) for C = 250 to 4,000 contexts; the finding is its "
-        "growth exponent in C.",
+        "The dimension at W-error 0.5, read where that level is at least twice the noise floor, for C = 250 to "
+        "4,000 contexts; the finding is its growth exponent in C (least squares on log-log points).",
         beyond_paper=True,
     ),
     ClaimSpec(

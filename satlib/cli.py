@@ -92,9 +92,10 @@ def parser() -> argparse.ArgumentParser:
     long_parser.add_argument("--widths", type=int, nargs="+", default=[4], help="widths to train (4 8 for both)")
     long_parser.add_argument("--jobs", type=_positive_int, default=2, help="models trained at once")
     long_parser.set_defaults(run=long_run)
-    execute_parser = commands.add_parser("execute", help="execute the chapters for the book", add_help=False)
-    execute_parser.add_argument("rest", nargs=argparse.REMAINDER)
-    execute_parser.set_defaults(run=lambda a: build.main(["execute", *a.rest]))
+    for name, help_text in (("execute", "execute the chapters for the book"), ("html", "build the book's HTML")):
+        book_parser = commands.add_parser(name, help=help_text, add_help=False)
+        book_parser.add_argument("rest", nargs=argparse.REMAINDER)
+        book_parser.set_defaults(run=lambda a, command=name: build.main([command, *a.rest]))
     return main_parser
 
 

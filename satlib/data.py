@@ -155,11 +155,12 @@ def pythia_evaluations(directory: Path | None = None) -> pd.DataFrame:
 
 
 def evaluation_curves(
-    table: pd.DataFrame, task: str, metric: str, *, shots: int = 0, deduped: bool = False
+    table: pd.DataFrame, task: str, metric: str, *, shots: int = 0, deduped: bool = False, column: str = "value"
 ) -> pd.DataFrame:
     """One task's metric along training for each standard Pythia model: index ``step``, one column per model.
 
-    Keeps the standard runs only (the 1B's is the ``bf16`` one); columns are ordered by model size.
+    Keeps the standard runs only (the 1B's is the ``bf16`` one); columns are ordered by model size. ``column`` is
+    ``value`` or ``stderr`` (the harness's standard error of the value).
     """
     selected = table[
         (table.task == task)
@@ -173,7 +174,7 @@ def evaluation_curves(
         raise ConfigurationError(
             f"no {shots}-shot results for task {task!r} and metric {metric!r}: check table.task/metric"
         )
-    curves = selected.pivot_table(index="step", columns="model", values="value", aggfunc="first")
+    curves = selected.pivot_table(index="step", columns="model", values=column, aggfunc="first")
     order = selected.drop_duplicates("model").sort_values("n_params").model
     return curves[list(order)]
 

@@ -16,16 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from numpy.typing import NDArray
 
 from satlib.data import pile_sample
 from satlib.errors import ConfigurationError
-from satlib.metrics import anisotropy_from_unit_sum, singular_values
-from satlib.models import load_tokenizer, model_token_ids
+from satlib.metrics import anisotropy_from_unit_sum, frequency_alignment, singular_values
+from satlib.models import load, load_tokenizer, model_token_ids
 from satlib.presets import Preset, get_preset
 from satlib.specs import CorpusSample, PileSample
-from satlib.tokenization import token_ids
+from satlib.tokenization import token_ids, unigram_log_frequencies
 
 #: Windows (of context + 1 tokens) whose hidden states enter the anisotropy: 32 x 128 = 4,096 tokens in tiny.
 ANISOTROPY_WINDOWS = 32
@@ -144,3 +145,50 @@ MEASUREMENTS: dict[str, Measurement] = {
     "anisotropy_profile": Measurement(_last_layer_profile, "evaluation"),
     "head_singular_values": Measurement(lambda model, _: head_singular_values(model).tolist(), None),
 }
+
+
+def frequency_baselines(preset: str | Preset = "tiny") -> dict[str, float]:
+    """Cross-entropy (nats) of two predictors that ignore the context, on the targets of a preset's evaluation
+    sample: a uniform guess over the vocabulary, and the unigram model (token frequencies of the corpus's training
+    split, add-one smoothed; NaN for The Pile, whose training frequencies the book does not have)."""
+    preset = get_preset(preset)
+    sample = preset.evaluation
+    targets = sample_windows(sample, preset)[:, 1:].numpy().ravel()
+    vocab_size = len(load_tokenizer((preset.measured_models or preset.suite_names())[0], preset))
+    unigram = float("nan")
+    if isinstance(sample, CorpusSample) and sample.tokenizer.startswith("bpe-"):
+        log_frequency = unigram_log_frequencies(token_ids("train", vocab_size), vocab_size)
+        unigram = float(-log_frequency[targets].mean())
+    return {"uniform": float(np.log(vocab_size)), "unigram": unigram}
+
+
+def training_log_frequencies(model: str, preset: str | Preset = "tiny") -> NDArray[np.float64]:
+    """Log-frequency of each token of ``model``'s vocabulary in the corpus's training split (add-one smoothed), in
+    that model's tokenizer: what a head's frequency direction is compared with."""
+    preset = get_preset(preset)
+    vocab_size = len(load_tokenizer(model, preset))
+    if preset.suite is not None and model in preset.suite_names():
+        ids = token_ids("train", preset.suite.vocab_size)
+    else:
+        ids = model_token_ids(model, "train", preset)
+    return unigram_log_frequencies(ids, max(vocab_size, int(ids.max()) + 1))
+
+
+def frequency_alignment_along_training(
+    checkpoints: list[tuple[str, int]], preset: str | Preset = "tiny"
+) -> pd.DataFrame:
+    """|Spearman| between the vocabulary's projection on the head's top singular direction and the tokens'
+    log-frequency (:func:`satlib.metrics.frequency_alignment`), at every checkpoint (paper §4.2's hypothesis).
+
+    Returns:
+        One row per checkpoint: ``model``, ``step``, ``top direction``.
+    """
+    preset = get_preset(preset)
+    frequencies: dict[str, NDArray[np.float64]] = {}
+    rows = []
+    for model, step in checkpoints:
+        head = load(model, step, preset).get_output_embeddings().weight.detach()
+        log_frequency = frequencies.setdefault(model, training_log_frequencies(model, preset))
+        rows.append({"model": model, "step": step,
+                     "top direction": frequency_alignment(head, log_frequency[: head.shape[0]], 1)[0]})  # fmt: skip
+    return pd.DataFrame(rows)

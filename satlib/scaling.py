@@ -505,3 +505,11 @@ def relative_gap(actual: ArrayLike, predicted: ArrayLike) -> NDArray[np.float64]
     actual_values = np.asarray(actual, dtype=np.float64)
     predicted_values = np.asarray(predicted, dtype=np.float64)
     return (actual_values - predicted_values) / predicted_values
+
+
+def log_residuals(
+    fit: ChinchillaFit, n_params: ArrayLike, n_tokens: ArrayLike, losses: ArrayLike
+) -> NDArray[np.float64]:
+    """``log L_predicted - log L`` per point: what the Huber loss of the fit sees (|r| <= delta is its quadratic
+    part, beyond it the linear one)."""
+    return np.log(fit.predict(n_params, n_tokens)) - np.log(np.asarray(losses, dtype=np.float64))

@@ -12,12 +12,14 @@ from dataclasses import replace
 
 import pandas as pd
 
+from satlib.claims import CLAIMS
 from satlib.long_run import corpus_samples
 from satlib.presets import TINY_SUITE
-from satlib.saturation import derived_columns
+from satlib.saturation import derived_columns, saturation_verdict
 from satlib.specs import SuiteSpec
 from satlib.sweep import measure_trained
 from satlib.training import BatchSource, CorpusBatches, ensure_trained
+from satlib.verdicts import Claim, compare
 
 #: (width, layers) pairs of one budget: (128, 2) is the suite's own ``tiny-d128`` (1,445,376 parameters); (96, 6)
 #: has 0.9% more. A third shape (144, 1) would have 1.0% fewer; it is left out to keep the build short.
@@ -59,3 +61,23 @@ def shape_comparison(
     table = measure_trained(runs, corpus_samples(base.vocab_size, base.context), evenly_spaced=True)
     table = table.assign(run=[f"d={w}, {n} layers" for w, n in zip(table.width, table.layers, strict=True)])
     return derived_columns(table)
+
+
+def shapes_claim(table: pd.DataFrame) -> Claim:
+    """The ledger record of wider against deeper (:func:`shape_comparison`): the final held-out losses of the two
+    shapes, paired by seed (:func:`satlib.verdicts.compare`), and whether either saturated."""
+    final = table[table.step == table.step.max()]
+    runs = list(dict.fromkeys(final.run))
+    wide, deep = (final[final.run == run].set_index("seed").heldout_loss for run in runs[:2])
+    seeds = [seed for seed in wide.index if seed in deep.index]
+    versus = compare(wide[seeds], deep[seeds])
+    verdicts = saturation_verdict(table.assign(run=table.run + " seed " + table.seed.astype(str)))
+    word = {"lower": f"{runs[0]} is better", "higher": f"{runs[1]} is better"}.get(
+        versus.direction, "no clear difference"
+    )
+    finding = f"{word} at one budget ({versus.difference:+.3f} nats, seed range {versus.spread:.3f})"
+    book = (f"final held-out loss {runs[0]} {wide[seeds].mean():.3f}, {runs[1]} {deep[seeds].mean():.3f} over "
+            f"{len(seeds)} seeds; {int(verdicts.saturated.sum())} of {len(verdicts)} runs saturate")  # fmt: skip
+    caveats = ["one seed" if versus.one_seed else "",
+               f"{final.tokens_per_parameter.max():.1f} tokens per parameter: far from saturation"]  # fmt: skip
+    return CLAIMS["x-wide-vs-deep"].judge(finding, book, "this book's models trained alike on the corpus", caveats)

@@ -39,6 +39,7 @@ def write_atomically(path: Path, payload: str | bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload.encode("utf-8") if isinstance(payload, str) else payload)
+        os.chmod(temporary, 0o644)  # mkstemp makes files private; a shared cache must be readable by others
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -79,6 +80,7 @@ def write_directory_atomically(directory: Path, write: Callable[[Path], None]) -
     directory.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
+        temporary.chmod(0o755)  # mkdtemp makes folders private; a shared cache must be readable by others
         write(temporary)
         (temporary / CHECKSUMS).write_text(json.dumps(_directory_checksums(temporary), indent=1))
         if directory.exists():

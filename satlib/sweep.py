@@ -216,7 +216,15 @@ def measure_trained(
         parameters = parameter_count(spec, width)
         for step in steps:
             tasks.append(Task(suite_checkpoint(spec, width, source, step), tuple(names)))
-            facts.append({"width": width, "layers": spec.n_layers, "seed": spec.seed, "schedule": spec.schedule,
-                          "parameters": parameters, "tokens": step * spec.tokens_per_step})  # fmt: skip
+            facts.append(
+                {
+                    "width": width,
+                    "layers": spec.n_layers,
+                    "seed": spec.seed,
+                    "schedule": spec.schedule,
+                    "parameters": parameters,
+                    "tokens": step * spec.tokens_per_step,
+                }
+            )
     table = sweep(tasks, data, executor=executor)
     return pd.concat([table, pd.DataFrame(facts)], axis=1)

@@ -48,11 +48,20 @@ def model_config(spec: SuiteSpec, width: int) -> GPTNeoXConfig:
             f"no model of width {width} in the suite {spec.name!r}: widths are {list(spec.widths)}"
         )
     return GPTNeoXConfig(
-        vocab_size=spec.vocab_size, hidden_size=width, num_hidden_layers=spec.n_layers,
-        num_attention_heads=max(1, width // spec.head_dim), intermediate_size=4 * width,
-        max_position_embeddings=spec.context, rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
-        hidden_dropout=0.0, attention_dropout=0.0, bos_token_id=0, eos_token_id=0,
-    )  # fmt: skip
+        vocab_size=spec.vocab_size,
+        hidden_size=width,
+        num_hidden_layers=spec.n_layers,
+        num_attention_heads=max(1, width // spec.head_dim),
+        intermediate_size=4 * width,
+        max_position_embeddings=spec.context,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
 
 
 def parameter_count(spec: SuiteSpec, width: int) -> int:
@@ -276,10 +285,13 @@ def _train(spec: SuiteSpec, width: int, data: BatchSource, folder: Path, stop_af
     if step == spec.steps:
         seconds = time.perf_counter() - started
         record = {
-            "spec": asdict(spec), "width": width, "data": data.identity, "trained_by_pid": os.getpid(),
+            "spec": asdict(spec),
+            "width": width,
+            "data": data.identity,
+            "trained_by_pid": os.getpid(),
             "seconds_this_run": round(seconds, 1),
             "tokens_per_second": round((step - first_step) * spec.tokens_per_step / max(seconds, 1e-9)),
-        }  # fmt: skip
+        }
         write_atomically(folder / "complete.json", json.dumps(record))  # first: a kill now loses nothing
         for point in folder.glob("resume-*"):
             shutil.rmtree(point)

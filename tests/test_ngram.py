@@ -142,3 +142,44 @@ def test_svds_agrees_with_the_gram_method_on_the_corpus_matrix():
     matrix = ngram.ngram_matrix(ids, n=5, vocab_size=vocab_size, max_contexts=3000).matrix
     lanczos = ngram.leading_singular_values(matrix, 500, "svds")
     np.testing.assert_allclose(lanczos, ngram.leading_singular_values(matrix, 500, "gram"), atol=1e-6)
+
+
+def markov_stream(probabilities: np.ndarray, length: int, seed: int) -> np.ndarray:
+    """A token stream from a first-order Markov chain with the given (V, V) transition matrix."""
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(probabilities, axis=1)
+    stream = np.empty(length, dtype=np.int64)
+    stream[0] = 0
+    uniforms = rng.random(length)
+    for t in range(1, length):
+        stream[t] = min(int(np.searchsorted(cumulative[stream[t - 1]], uniforms[t])), probabilities.shape[0] - 1)
+    return stream
+
+
+def test_noise_floors_match_the_true_sampling_error_of_a_known_matrix():
+    """Bigrams of a Markov chain with a known transition matrix P: the measured matrix's true relative error
+    ||P̂ - P||_F / ||P̂||_F is what both estimators (analytic, split-half) must recover."""
+    rng = np.random.default_rng(0)
+    vocab = 40
+    probabilities = rng.dirichlet(np.full(vocab, 0.3), size=vocab)
+    truths, analytic, split = [], [], []
+    for seed in range(6):
+        stream = markov_stream(probabilities, 6000, seed)
+        measured = ngram.ngram_matrix(stream, n=2, vocab_size=vocab)
+        true = probabilities[measured.contexts[:, 0]]
+        truths.append(np.linalg.norm(measured.matrix.toarray() - true) / np.linalg.norm(measured.matrix.toarray()))
+        analytic.append(ngram.noise_floor(measured))
+        first, second = ngram.split_half_matrices(stream, n=2, vocab_size=vocab)
+        split.append(ngram.split_half_floor(first, second, measured))
+    assert np.mean(analytic) == pytest.approx(np.mean(truths), rel=0.1)
+    assert np.mean(split) == pytest.approx(np.mean(truths), rel=0.15)
+    assert 0.05 < np.mean(truths) < 0.5  # the test is in a regime where the floor matters
+
+
+def test_split_halves_partition_the_occurrences():
+    stream = np.array([0, 1, 0, 2, 0, 1, 0, 2, 0, 1])
+    first, second = ngram.split_half_matrices(stream, n=2, vocab_size=3, max_contexts=1)  # context 0 only
+    np.testing.assert_allclose(first.toarray(), [[0, 1, 0]])  # occurrences 0, 2, 4 of context 0: next 1, 1, 1
+    np.testing.assert_allclose(second.toarray(), [[0, 0, 1]])  # occurrences 1, 3: next 2, 2
+    assert ngram.dimension_above_floor([1.0, 0.5, 0.2, 0.05], 0.1, floor=0.08) is None
+    assert ngram.dimension_above_floor([1.0, 0.5, 0.2, 0.05], 0.2, floor=0.08) == 2

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from satlib.claims import compare
+from satlib.claims import CLAIMS
 from satlib.config import cache_dir
 from satlib.heads.features import HeadData, experiment_data
 from satlib.heads.lowrank import LowRankHead, evaluate_head, search_learning_rate
@@ -33,6 +33,7 @@ from satlib.ngram import dimension_at
 from satlib.presets import Preset, get_preset
 from satlib.specs import HeadExperiment, MixtureExperiment
 from satlib.storage import digest, progress, read_json, write_json
+from satlib.verdicts import Claim, compare
 
 
 def _results_path(kind: str, model: str, spec: object, data: HeadData) -> Path:
@@ -64,8 +65,17 @@ def run_rank_experiment(
             build = lambda generator, r=rank: LowRankHead.from_head(data.head, r)  # noqa: E731
         else:
             build = lambda generator, r=rank: LowRankHead(vocab_size, width, r, generator)  # noqa: E731
-        table, _ = search_learning_rate(build, data.train, data.validation, data.test, experiment.learning_rates,
-                                        experiment.training, seed, experiment.max_extensions, device)  # fmt: skip
+        table, _ = search_learning_rate(
+            build,
+            data.train,
+            data.validation,
+            data.test,
+            experiment.learning_rates,
+            experiment.training,
+            seed,
+            experiment.max_extensions,
+            device,
+        )
         tables.append(table.assign(rank=rank, seed=seed))
     runs_table = pd.concat(tables, ignore_index=True)
     sigma = singular_values(data.head)
@@ -73,9 +83,18 @@ def run_rank_experiment(
     runs_table["truncated_loss"] = runs_table["rank"].map(truncated)
     runs_table["original"] = False
     own_loss, own_accuracy = evaluate_head(data.head, data.test)
-    own = {"rank": width, "seed": -1, "learning_rate": float("nan"), "validation_loss": float("nan"),
-           "test_loss": own_loss, "test_accuracy": own_accuracy, "chosen": True, "at_edge": False,
-           "truncated_loss": own_loss, "original": True}  # fmt: skip
+    own = {
+        "rank": width,
+        "seed": -1,
+        "learning_rate": float("nan"),
+        "validation_loss": float("nan"),
+        "test_loss": own_loss,
+        "test_accuracy": own_accuracy,
+        "chosen": True,
+        "at_edge": False,
+        "truncated_loss": own_loss,
+        "original": True,
+    }
     runs_table = pd.concat([runs_table, pd.DataFrame([own])], ignore_index=True)
     runs_table["w_error"] = [w_error(sigma, min(int(r), sigma.size)) for r in runs_table["rank"]]
     runs_table = runs_table.assign(model=experiment.model, width=width)
@@ -86,8 +105,9 @@ def run_rank_experiment(
 def rank_constrained_heads(preset: str | Preset = "tiny", device: str = "cpu", dtype: str = "float32") -> pd.DataFrame:
     """Every rank experiment of a preset (``preset.head_experiments``), one table (Figures 6, 8 and 9)."""
     preset = get_preset(preset)
-    return pd.concat([run_rank_experiment(e, preset, device, dtype) for e in preset.head_experiments],
-                     ignore_index=True)  # fmt: skip
+    return pd.concat(
+        [run_rank_experiment(e, preset, device, dtype) for e in preset.head_experiments], ignore_index=True
+    )
 
 
 def rank_summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -102,16 +122,24 @@ def rank_summary(runs: pd.DataFrame) -> pd.DataFrame:
         own = float(group[group.original].test_loss.iloc[0])
         for rank, by_rank in chosen.groupby("rank"):
             ratios = [row.test_loss / reference[row.seed] for row in by_rank.itertuples() if row.seed in reference]
-            rows.append({
-                "model": model, "width": int(group.width.iloc[0]), "rank": int(rank), "seeds": len(by_rank),
-                "test_loss": float(by_rank.test_loss.mean()), "test_loss_spread": float(np.ptp(by_rank.test_loss)),
-                "test_accuracy": float(by_rank.test_accuracy.mean()),
-                "relative_loss": float(np.mean(ratios)) if ratios else float("nan"),
-                "relative_loss_spread": float(np.ptp(ratios)) if ratios else float("nan"),
-                "learning_rate": float(by_rank.learning_rate.median()), "at_edge": int(by_rank.at_edge.sum()),
-                "w_error": float(by_rank.w_error.iloc[0]), "truncated_loss": float(by_rank.truncated_loss.iloc[0]),
-                "own_loss": own,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model": model,
+                    "width": int(group.width.iloc[0]),
+                    "rank": int(rank),
+                    "seeds": len(by_rank),
+                    "test_loss": float(by_rank.test_loss.mean()),
+                    "test_loss_spread": float(np.ptp(by_rank.test_loss)),
+                    "test_accuracy": float(by_rank.test_accuracy.mean()),
+                    "relative_loss": float(np.mean(ratios)) if ratios else float("nan"),
+                    "relative_loss_spread": float(np.ptp(ratios)) if ratios else float("nan"),
+                    "learning_rate": float(by_rank.learning_rate.median()),
+                    "at_edge": int(by_rank.at_edge.sum()),
+                    "w_error": float(by_rank.w_error.iloc[0]),
+                    "truncated_loss": float(by_rank.truncated_loss.iloc[0]),
+                    "own_loss": own,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -141,34 +169,57 @@ def run_mixture_experiment(
     tables = []
     runs = [(label, seed) for label in builders for seed in experiment.seeds]
     for label, seed in progress(runs, desc=f"heads on {experiment.backbone.model}", leave=False):
-        table, head = search_learning_rate(builders[label], train, data.validation, data.test,
-                                           experiment.learning_rates, experiment.training, seed,
-                                           experiment.max_extensions, device)  # fmt: skip
-        table = table.assign(head=label, seed=seed, parameters=parameter_count(head),
-                             multiply_adds=head.multiply_adds())  # fmt: skip
+        table, head = search_learning_rate(
+            builders[label],
+            train,
+            data.validation,
+            data.test,
+            experiment.learning_rates,
+            experiment.training,
+            seed,
+            experiment.max_extensions,
+            device,
+        )
+        table = table.assign(
+            head=label, seed=seed, parameters=parameter_count(head), multiply_adds=head.multiply_adds()
+        )
         if seed == experiment.seeds[0]:
             table = table.assign(**_head_shape(head, contexts, data.validation[0], vocab_size, table.chosen))
         tables.append(table)
     own = MixtureOfSoftmaxes.from_head(data.head, 1)  # the linear head itself, measured alike
     own_loss, own_accuracy = evaluate_head(own, data.test)
-    own_row = {"head": "own head", "seed": -1, "learning_rate": float("nan"), "validation_loss": float("nan"),
-               "test_loss": own_loss, "test_accuracy": own_accuracy, "chosen": True, "at_edge": False,
-               "parameters": parameter_count(own), "multiply_adds": own.multiply_adds(),
-               **_head_shape(own, contexts, data.validation[0], vocab_size, None)}  # fmt: skip
+    own_row = {
+        "head": "own head",
+        "seed": -1,
+        "learning_rate": float("nan"),
+        "validation_loss": float("nan"),
+        "test_loss": own_loss,
+        "test_accuracy": own_accuracy,
+        "chosen": True,
+        "at_edge": False,
+        "parameters": parameter_count(own),
+        "multiply_adds": own.multiply_adds(),
+        **_head_shape(own, contexts, data.validation[0], vocab_size, None),
+    }
     table = pd.concat([*tables, pd.DataFrame([own_row])], ignore_index=True)
-    table = table.assign(model=experiment.backbone.model, comparison=experiment.label, width=width,
-                         vocab_size=vocab_size)  # fmt: skip
+    table = table.assign(
+        model=experiment.backbone.model, comparison=experiment.label, width=width, vocab_size=vocab_size
+    )
     write_json(path, table.to_dict(orient="records"))
     return table
 
 
-def _head_shape(head: torch.nn.Module, contexts: torch.Tensor, features: torch.Tensor, vocab_size: int,
-                chosen: pd.Series | None) -> dict:  # fmt: skip
+def _head_shape(
+    head: torch.nn.Module, contexts: torch.Tensor, features: torch.Tensor, vocab_size: int, chosen: pd.Series | None
+) -> dict:
     """Rank, 99% dimension and CPU time of a head, on the chosen row only (NaN elsewhere)."""
     sigma = log_probability_spectrum(head, contexts)
-    values = {"rank": rank_of_spectrum(sigma, contexts.shape[0], vocab_size), "rank_contexts": contexts.shape[0],
-              "dimension_99": dimension_at(w_error_curve(sigma), 0.01),
-              "seconds_per_token": seconds_per_token(head, features[:4096])}  # fmt: skip
+    values = {
+        "rank": rank_of_spectrum(sigma, contexts.shape[0], vocab_size),
+        "rank_contexts": contexts.shape[0],
+        "dimension_99": dimension_at(w_error_curve(sigma), 0.01),
+        "seconds_per_token": seconds_per_token(head, features[:4096]),
+    }
     if chosen is None:
         return values
     return {name: [value if flag else float("nan") for flag in chosen] for name, value in values.items()}
@@ -177,8 +228,9 @@ def _head_shape(head: torch.nn.Module, contexts: torch.Tensor, features: torch.T
 def expressive_heads(preset: str | Preset = "tiny", device: str = "cpu", dtype: str = "float32") -> pd.DataFrame:
     """Every head comparison of a preset (``preset.mixture_experiments``), one table."""
     preset = get_preset(preset)
-    return pd.concat([run_mixture_experiment(e, preset, device, dtype) for e in preset.mixture_experiments],
-                     ignore_index=True)  # fmt: skip
+    return pd.concat(
+        [run_mixture_experiment(e, preset, device, dtype) for e in preset.mixture_experiments], ignore_index=True
+    )
 
 
 def mixture_summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -197,15 +249,108 @@ def mixture_summary(runs: pd.DataFrame) -> pd.DataFrame:
                 if label not in ("linear", "own head")
                 else None
             )
-            rows.append({
-                "comparison": comparison, "head": label, "seeds": len(by_head),
-                "test_loss": float(by_head.test_loss.mean()), "test_loss_spread": float(np.ptp(by_head.test_loss)),
-                "difference_to_linear": versus.difference if versus else float("nan"),
-                "versus_linear": versus.direction if versus else "",
-                "parameters_vs_linear": float(first.parameters / linear.parameters.iloc[0]),
-                "multiply_adds_vs_linear": float(first.multiply_adds / linear.multiply_adds.iloc[0]),
-                "seconds_vs_linear": float(first.seconds_per_token / linear.seconds_per_token.dropna().iloc[0]),
-                "rank": first["rank"], "rank_contexts": first.rank_contexts, "dimension_99": first.dimension_99,
-                "at_edge": int(by_head.at_edge.sum()),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "comparison": comparison,
+                    "head": label,
+                    "seeds": len(by_head),
+                    "test_loss": float(by_head.test_loss.mean()),
+                    "test_loss_spread": float(np.ptp(by_head.test_loss)),
+                    "difference_to_linear": versus.difference if versus else float("nan"),
+                    "versus_linear": versus.direction if versus else "",
+                    "parameters_vs_linear": float(first.parameters / linear.parameters.iloc[0]),
+                    "multiply_adds_vs_linear": float(first.multiply_adds / linear.multiply_adds.iloc[0]),
+                    "seconds_vs_linear": float(first.seconds_per_token / linear.seconds_per_token.dropna().iloc[0]),
+                    "rank": first["rank"],
+                    "rank_contexts": first.rank_contexts,
+                    "dimension_99": first.dimension_99,
+                    "at_edge": int(by_head.at_edge.sum()),
+                }
+            )
     return pd.DataFrame(rows)
+
+
+def paper_relative_losses(figure6: pd.DataFrame, column: str, width: int) -> dict[int, float]:
+    """A backbone's loss at each rank relative to its rank-d head, from the paper's Figure 6 (digitised)."""
+    rows = figure6.dropna(subset=[column]).set_index("rank")[column]
+    return {int(rank): float(loss / rows[width]) for rank, loss in rows.items()}
+
+
+def rank_claims(summary: pd.DataFrame, model: str, paper_relative: dict[int, float],
+                paper_onset: dict, paper_width: int) -> list[Claim]:  # fmt: skip
+    """The ledger records of §5.1 (Figures 6, 8 and 9) from one backbone's :func:`rank_summary`.
+
+    Args:
+        summary: :func:`rank_summary` rows; the backbone ``model`` is judged.
+        paper_relative: the paper's loss relative to full rank, by rank (:func:`paper_relative_losses`).
+        paper_onset: :func:`satlib.heads.lowrank.degradation_onset` of the paper's Figure 8.
+        paper_width: the hidden size of the paper's backbone in ``paper_relative``.
+    """
+    rows = summary[summary.model == model].sort_values("rank").set_index("rank")
+    width = int(rows.width.iloc[0])
+    half, quarter = rows.loc[width // 2], rows.loc[width // 4]
+    above = [r.relative_loss - 1 > r.relative_loss_spread for r in (half, quarter)]
+    monotone = bool(np.all(np.diff(rows.test_loss.to_numpy()) <= rows.test_loss_spread.max()))
+    seeds = int(rows.seeds.loc[[width // 4, width // 2, width]].min())
+    paper = (f"Pythia-{paper_width}-wide backbone: {paper_relative[paper_width // 2]:.3f} times the full-rank loss at "
+             f"r = d/2 and {paper_relative[paper_width // 4]:.3f} at d/4 (Figure 6, digitised)")  # fmt: skip
+    verdict = "partly reproduced" if any(above) else "not reproduced at this scale"
+    figure6 = CLAIMS["fig6-rank-heads"].judge(
+        "reproduced" if all(above) and monotone else verdict,
+        f"{model} (d = {width}): {half.relative_loss:.3f} (spread {half.relative_loss_spread:.3f}) at d/2, "
+        f"{quarter.relative_loss:.3f} (spread {quarter.relative_loss_spread:.3f}) at d/4; the loss "
+        f"{'never falls' if monotone else 'does not always rise'} as r falls",
+        "this book's heads on the suite's frozen backbone; rates chosen on validation, losses on test",
+        [f"{seeds} seeds at the compared ranks" if seeds > 1 else "one seed",
+         "the new heads see far fewer tokens than the paper's (about 150M)"],
+        paper_value=paper,
+    )  # fmt: skip
+    threshold = CLAIMS["fig6-rank-threshold"].judge(
+        "not tested",
+        f"the book's backbones are {width} and 576 wide, below the threshold's r of about 1,000",
+        "—",
+        ["needs backbones wider than about 1,000 (the pythia preset, on a GPU)"],
+    )
+    degraded = (rows.relative_loss > 1.02) & (rows.relative_loss - 1 > rows.relative_loss_spread)
+    onset_rank = int(rows.index[degraded].max()) if degraded.any() else None
+    book_w = float(rows.w_error[onset_rank]) if onset_rank else float("nan")
+    close = onset_rank is not None and abs(book_w - paper_onset["w_error"]) <= 0.1
+    figure8 = CLAIMS["fig8-werror-threshold"].judge(
+        "reproduced" if close else "not reproduced at this scale",
+        f"onset at r = {onset_rank}, W-error {book_w:.2f}" if onset_rank else "no rank degrades by more than 2%",
+        "this book's heads; W-error of the backbone's own head",
+        [f"the paper's onset: r = {paper_onset['rank']}, W-error {paper_onset['w_error']:.2f}",
+         f"the book's head never reaches W-error 0.6 (at most {rows.w_error.max():.2f})" if rows.w_error.max() < 0.6
+         else ""],
+    )  # fmt: skip
+    rates = rows.learning_rate.to_numpy()
+    falling = bool(np.all(np.diff(rates) <= 0) and rates[-1] < rates[0])
+    edges = int(rows.at_edge.sum())
+    figure9 = CLAIMS["fig9-learning-rates"].judge(
+        "reproduced" if falling else "not reproduced at this scale",
+        f"median chosen rate {rates[0]:g} at r = {int(rows.index[0])} to {rates[-1]:g} at r = d; "
+        f"{'never increases' if falling else 'not monotone'} with the rank",
+        "this book's learning-rate search (validation sample)",
+        [f"{edges} choices still at a grid edge after extending the grid" if edges else ""],
+    )
+    return [figure6, threshold, figure8, figure9]
+
+
+def mixture_claim(summary: pd.DataFrame) -> Claim:
+    """The ledger record of the book's mixture comparisons (:func:`mixture_summary`): in each comparison, does a
+    Mixture of Softmaxes beat the linear head beyond the seed-to-seed spread?"""
+    findings, caveats = [], []
+    for comparison, group in summary.groupby("comparison", sort=False):
+        mixtures = group[group["head"].str.startswith("MoS")]
+        for row in mixtures.itertuples():
+            word = {"lower": "helps", "higher": "hurts"}.get(row.versus_linear, "no clear difference")
+            findings.append(f"{row.head} on {comparison}: {word} ({row.difference_to_linear:+.3f} nats)")
+        if int(group.seeds.min()) < 2:
+            caveats.append(f"{comparison}: one seed")
+        if int(group.at_edge.sum()):
+            caveats.append(f"{comparison}: {int(group.at_edge.sum())} chosen rates at a grid edge")
+    helps = [f for f in findings if ": helps" in f]
+    finding = "MoS helps in " + "; ".join(helps) if helps else "MoS helps in no comparison"
+    return CLAIMS["x-mixture-of-softmaxes"].judge(
+        finding, "; ".join(findings), "this book's heads on frozen backbones, test losses over seeds", caveats
+    )
