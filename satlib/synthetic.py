@@ -524,7 +524,9 @@ class SyntheticLanguage:
             bounds=(0.0, longest),
             method="bounded",
         )
-        root = np.sqrt(search.x * weights)
+        # Brent's method never tries the step 0 itself: if it finds nothing lower, stay at the narrower optimum (a
+        # saddle for the new columns, but it keeps the floor at or below the narrower one).
+        root = np.sqrt((search.x if search.fun < narrower.loss else 0.0) * weights)
         contexts = np.concatenate([narrower.contexts, -new_contexts * root], axis=1)
         head = np.concatenate([narrower.head, new_head * root], axis=1)
         return contexts, head, narrower.bias.copy()

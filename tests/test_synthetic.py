@@ -9,7 +9,7 @@ import scipy.stats
 import torch
 
 from satlib import metrics
-from satlib.errors import ConfigurationError
+from satlib.errors import ConfigurationError, FitError
 from satlib.synthetic import SyntheticLanguage
 
 #: Tolerances derived from a sample are this many standard errors (a false alarm about once in 16,000 runs; the
@@ -176,6 +176,8 @@ def test_floor_is_the_entropy_rate_from_the_rank_on_and_decreases_before(floors)
     for d in range(1, 6):
         assert floor[d] > floor[d + 1] + 1e-4  # each width below the rank pays a visible price
     assert floor[1] < language.unigram_entropy() - 1e-3  # one dimension of context beats the context-free model
+    assert set(language.best_rank_fit(4).start_losses) == {"svd", "weighted svd", "width 2"}
+    assert set(language.best_rank_fit(7).start_losses) == {"svd"}  # exact from d = rank on
     table = language.floor_table([9, 2, 4, 2])
     assert list(table.d) == [2, 4, 9]
     np.testing.assert_allclose(table.price, table.floor - entropy_rate)
@@ -188,6 +190,13 @@ def one_thread():
     torch.set_num_threads(1)  # small tensors: OpenMP threads only spin
     yield
     torch.set_num_threads(threads)
+
+
+def test_floor_table_refuses_floors_that_rise_with_width(monkeypatch):
+    language = SyntheticLanguage(16, 4)
+    monkeypatch.setattr(SyntheticLanguage, "best_rank_loss", lambda self, d: {1: 2.0, 2: 2.1}[d])
+    with pytest.raises(FitError, match=r"the floor at d = 2 \(2.100000000\) is above the floor at d = 1"):
+        language.floor_table([1, 2])
 
 
 def independent_loss(language: SyntheticLanguage, contexts, head, bias) -> torch.Tensor:
