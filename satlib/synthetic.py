@@ -260,7 +260,7 @@ class SyntheticLanguage:
             tokens: (N,) one stream, or (B, N) independent streams (e.g. ``batch``'s windows); the first token of
                 each stream is not scored (its previous token is unknown). N >= 2.
         """
-        ids = tokens.numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
+        ids = tokens.detach().cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
         if ids.ndim not in (1, 2) or ids.shape[-1] < 2:
             raise ConfigurationError(f"nll needs a (N,) or (B, N) token array with N >= 2, got shape {ids.shape}")
         if not np.issubdtype(ids.dtype, np.integer):
