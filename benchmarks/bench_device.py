@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from satlib import evaluate, models
+from satlib import evaluate, models, presets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    windows = evaluate.default_windows(args.preset)
+    preset = presets.get_preset(args.preset)
+    windows = evaluate.sample_windows(preset.evaluation, preset)
     context = windows.shape[1] - 1
     windows = windows[: -(-args.tokens // context)]
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, threads {torch.get_num_threads()}")

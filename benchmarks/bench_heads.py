@@ -14,32 +14,38 @@ import time
 import numpy as np
 import torch
 
-from satlib import heads, models
+from satlib import evaluate, heads, models, presets
+from satlib.heads import features
+from satlib.specs import HeadExperiment, HeadTraining
 
 RANKS, RATES, TRAIN_TOKENS, EVAL_TOKENS = (4, 32, 128), (3e-3, 3e-2), 32_768, 8_192
 
 
 def main() -> int:
-    experiment = heads.HeadExperiment("tiny-d128", RANKS, RATES, TRAIN_TOKENS, EVAL_TOKENS,
-                                      training=heads.HeadTraining(epochs=1))  # fmt: skip
-    train_windows, validation_windows = heads.experiment_windows(experiment, "tiny")
-    model = models.load("tiny-d128", preset="tiny")
-    vocab_size = model.get_output_embeddings().weight.shape[0]
+    experiment = HeadExperiment("tiny-d128", RANKS, RATES, TRAIN_TOKENS, EVAL_TOKENS, training=HeadTraining(epochs=1))
+    preset = presets.get_preset("tiny")
+    samples = features.experiment_samples(experiment, preset)
+    windows = {name: evaluate.sample_windows(sample, preset) for name, sample in samples.items()}
+    model = models.load("tiny-d128", preset=preset)
+    vocab_size, width = model.get_output_embeddings().weight.shape
+
+    def sweep(compute: callable) -> list[float]:
+        losses = []
+        for rank in RANKS:
+            for rate in RATES:
+                train, validation = compute("train"), compute("validation")
+                head = heads.LowRankHead(vocab_size, width, rank, torch.Generator().manual_seed(0))
+                heads.fit_head(head, train, rate, experiment.training, seed=0)
+                losses.append(heads.evaluate_head(head, validation)[0])
+        return losses
 
     start = time.perf_counter()
-    train = heads.backbone_features(model, train_windows)
-    validation = heads.backbone_features(model, validation_windows)
-    cached = heads.rank_sweep(train, validation, vocab_size, list(RANKS), list(RATES), experiment.training)
+    cache = {name: heads.backbone_features(model, windows[name]) for name in ("train", "validation")}
+    cached = sweep(cache.__getitem__)
     cached_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    naive = []
-    for rank in RANKS:
-        for rate in RATES:  # the backbone runs again for every configuration
-            train = heads.backbone_features(model, train_windows)
-            validation = heads.backbone_features(model, validation_windows)
-            head = heads.train_low_rank_head(*train, vocab_size, rank, rate, experiment.training)
-            naive.append(heads.evaluate_head(head, *validation)[0])
+    naive = sweep(lambda name: heads.backbone_features(model, windows[name]))  # the backbone again for every head
     naive_seconds = time.perf_counter() - start
 
     configurations = len(RANKS) * len(RATES)
@@ -48,7 +54,7 @@ def main() -> int:
     print(f"cached features (satlib): {cached_seconds:7.2f} s")
     print(f"backbone per head:        {naive_seconds:7.2f} s")
     print(f"speed-up: {naive_seconds / cached_seconds:.2f}x")
-    difference = float(np.max(np.abs(cached.loss.to_numpy() - np.array(naive))))
+    difference = float(np.max(np.abs(np.array(cached) - np.array(naive))))
     print(f"largest loss difference: {difference:.2e}")
     return 0 if difference < 1e-4 else 1
 

@@ -9,7 +9,8 @@ A chapter starts with::
     preset = satlib.setup(PRESET)   # validates the preset, seeds, applies the offline policy
 """
 
+from satlib.config import VERSION
 from satlib.presets import Preset, get_preset, setup
 
 __all__ = ["Preset", "get_preset", "setup"]
-__version__ = "0.1.0"
+__version__ = VERSION

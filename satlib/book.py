@@ -18,7 +18,6 @@ from typing import Any
 
 import matplotlib as mpl
 import pandas as pd
-from IPython.display import Markdown
 
 from satlib.claims import CLAIMS
 from satlib.verdicts import records_json
@@ -160,6 +159,13 @@ def glue_claims(claims: list[Any]) -> None:
     """Glue a chapter's ledger records for the build (``claims``, JSON) and its one-line status (``status``)."""
     glue("claims", records_json(claims))
     glue("status", status_line(claims))
+
+
+class Markdown(str):
+    """Text that Jupyter shows as Markdown (through ``_repr_markdown_``, without importing IPython)."""
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
 
 
 def criteria(chapter: str) -> Markdown:

@@ -273,6 +273,22 @@ _CLAIMS = [
         "and its looseness is reported.",
     ),
     ClaimSpec(
+        "x-controlled-bottleneck",
+        "08_controlled_saturation",
+        "§3, §5.2",
+        "In a language whose next-token distribution has a known rank, does a student narrower than the rank "
+        "saturate, and is that the bottleneck or the optimiser?",
+        "the paper's thesis: small models saturate because their width is below the rank of the ideal "
+        "distribution; Kulkarni et al. (2026) report that low rank co-occurs with degradation rather than "
+        "causing it",
+        f"A student saturates when its held-out loss on fresh samples ends more than {SATURATION_RISE} nats above "
+        "its minimum (an endless stream cannot be overfit). The bottleneck alone suffices when students narrower "
+        "than the rank saturate and none at or above it does, whatever the optimiser; the optimiser matters when "
+        "saturation appears under some settings only; the bottleneck does not suffice when no narrow student "
+        "saturates while it trains to near its floor.",
+        beyond_paper=True,
+    ),
+    ClaimSpec(
         "x-mixture-of-softmaxes",
         "07_discussion",
         "§6",

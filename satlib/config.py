@@ -22,6 +22,8 @@ import torch
 
 from satlib.errors import ConfigurationError
 
+#: The version of satlib (its Colab install cell pins the tag ``v<VERSION>``).
+VERSION = "0.1.0"
 #: The public repository of this book: Colab buttons, the repository button and the Colab install cell derive from it.
 REPOSITORY_URL = "https://github.com/satbook/saturation-companion"
 

@@ -66,7 +66,10 @@ def corpus_samples(vocab_size: int, context: int) -> dict[str, torch.Tensor]:
 
 
 def git_commit() -> str:
-    """The commit of the checkout satlib runs from (``unknown`` outside one)."""
+    """The commit of the checkout satlib runs from: ``SATLIB_SOURCE_COMMIT`` when set (a copy of the source without
+    its history, such as one sent to a GPU machine), else ``git rev-parse HEAD``, else ``unknown``."""
+    if os.environ.get("SATLIB_SOURCE_COMMIT"):
+        return os.environ["SATLIB_SOURCE_COMMIT"]
     try:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"],

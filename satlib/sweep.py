@@ -197,6 +197,7 @@ def measure_trained(
     names: tuple[str, ...] = ("heldout_loss", "train_loss", "anisotropy_profile", "head_singular_values"),
     evenly_spaced: bool = False,
     executor: Executor | None = None,
+    device: str = "cpu",
 ) -> pd.DataFrame:
     """Every checkpoint of trained models (the long runs, the shapes, the controlled students), measured through
     :func:`sweep` like the suite.
@@ -205,6 +206,7 @@ def measure_trained(
         runs: (suite, width, training data) of each model.
         data: the windows the measurements read (``evaluation``, ``training``).
         evenly_spaced: only the evenly spaced checkpoints (not the early powers of two).
+        executor, device: see :func:`sweep`.
 
     Returns:
         One row per model and checkpoint: ``group`` (the suite's name), ``model``, ``width``, ``layers``,
@@ -226,5 +228,5 @@ def measure_trained(
                     "tokens": step * spec.tokens_per_step,
                 }
             )
-    table = sweep(tasks, data, executor=executor)
+    table = sweep(tasks, data, executor=executor, device=device)
     return pd.concat([table, pd.DataFrame(facts)], axis=1)

@@ -194,13 +194,14 @@ def _load_resume_point(folder: Path, model: torch.nn.Module, optimizer: torch.op
     if not points:
         return 0
     latest = points[-1]
-    model.load_state_dict(load_file(str(latest / "weights.safetensors")))
-    moments = load_file(str(latest / "optimizer.safetensors"))
+    device = next(model.parameters()).device
+    model.load_state_dict(load_file(str(latest / "weights.safetensors"), device=str(device)))
+    moments = load_file(str(latest / "optimizer.safetensors"), device=str(device))
     step = json.loads((latest / "state.json").read_text())["step"]
     for name, parameter in model.named_parameters():
         if f"{name}.exp_avg" in moments:
             optimizer.state[parameter] = {
-                "step": torch.tensor(float(step)),
+                "step": torch.tensor(float(step)),  # AdamW keeps its step count on the CPU
                 "exp_avg": moments[f"{name}.exp_avg"],
                 "exp_avg_sq": moments[f"{name}.exp_avg_sq"],
             }
@@ -221,7 +222,12 @@ def model_status(spec: SuiteSpec, width: int, data: BatchSource) -> str:
 
 
 def train_model(
-    spec: SuiteSpec, width: int, data: BatchSource, stop_after: int | None = None, threads: int = 1
+    spec: SuiteSpec,
+    width: int,
+    data: BatchSource,
+    stop_after: int | None = None,
+    threads: int = 1,
+    device: str = "cpu",
 ) -> Path:
     """Train one model of a suite (or finish a killed run, or retrain a damaged one), saving every checkpoint.
 
@@ -229,6 +235,7 @@ def train_model(
         spec: the suite. width: the model's hidden size. data: its training batches.
         stop_after: stop after this many steps (to simulate an interrupted run in tests).
         threads: torch threads while training (1 by default: the weights then do not depend on the machine).
+        device: where the model trains (``cuda`` on a GPU machine; the bitwise resume holds on the CPU).
 
     Returns:
         The model's folder.
@@ -244,15 +251,17 @@ def train_model(
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            _train(spec, width, data, folder, stop_after)
+            _train(spec, width, data, folder, stop_after, device)
         finally:
             torch.set_num_threads(previous_threads)
     return folder
 
 
-def _train(spec: SuiteSpec, width: int, data: BatchSource, folder: Path, stop_after: int | None) -> None:
+def _train(
+    spec: SuiteSpec, width: int, data: BatchSource, folder: Path, stop_after: int | None, device: str = "cpu"
+) -> None:
     torch.manual_seed(spec.seed)
-    model = GPTNeoXForCausalLM(model_config(spec, width))
+    model = GPTNeoXForCausalLM(model_config(spec, width)).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=spec.peak_lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=spec.weight_decay
     )
@@ -265,13 +274,12 @@ def _train(spec: SuiteSpec, width: int, data: BatchSource, folder: Path, stop_af
     model.train()
     started, first_step = time.perf_counter(), step
     while step < spec.steps and (stop_after is None or step < stop_after):
-        windows = data.batch(spec, step)
+        windows = data.batch(spec, step).to(device)
         for group in optimizer.param_groups:
             group["lr"] = spec.learning_rate(step)
-        hidden = model.gpt_neox(input_ids=windows[:, :-1]).last_hidden_state
-        loss = chunked_cross_entropy(
-            hidden.reshape(-1, width), model.get_output_embeddings().weight, windows[:, 1:].reshape(-1)
-        )
+        hidden = model.gpt_neox(input_ids=windows[:, :-1]).last_hidden_state.reshape(-1, width)
+        chunk = 1024 if device == "cpu" else hidden.shape[0]  # a GPU holds every logit at once; launches cost more
+        loss = chunked_cross_entropy(hidden, model.get_output_embeddings().weight, windows[:, 1:].reshape(-1), chunk)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -302,25 +310,27 @@ def training_record(spec: SuiteSpec, width: int, data: BatchSource) -> dict:
     return read_json(model_dir(spec, width, data.identity) / "complete.json")
 
 
-def _train_in_worker(spec: SuiteSpec, width: int, data: BatchSource) -> Path:
-    return train_model(spec, width, data)
+def _train_in_worker(spec: SuiteSpec, width: int, data: BatchSource, device: str) -> Path:
+    return train_model(spec, width, data, device=device)
 
 
-def ensure_trained(runs: list[tuple[SuiteSpec, int, BatchSource]], jobs: int = 1) -> list[str]:
+def ensure_trained(runs: list[tuple[SuiteSpec, int, BatchSource]], jobs: int = 1, device: str = "cpu") -> list[str]:
     """Train every (suite, width, data) whose model is missing or damaged, ``jobs`` models at a time (one thread
-    each, in worker processes); complete models are only checked. Returns each model's status before training."""
+    each, in worker processes, on ``device``); complete models are only checked. Returns each model's status before
+    training."""
     before = [model_status(spec, width, data) for spec, width, data in runs]
     todo = [run for run, status in zip(runs, before, strict=True) if status != "complete"]
     for (spec, width, _), status in zip(runs, before, strict=True):
         if status.startswith("damaged"):
             print(f"training: {spec.model_name(width)} is {status}: retraining it", flush=True)
-    if jobs <= 1 or len(todo) <= 1:
-        for spec, width, data in todo:
-            train_model(spec, width, data)
+    unique = list({(spec, width, data.identity): (spec, width, data) for spec, width, data in todo}.values())
+    if jobs <= 1 or len(unique) <= 1:
+        for spec, width, data in unique:
+            train_model(spec, width, data, device=device)
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            for future in [pool.submit(_train_in_worker, *run) for run in todo]:
+            for future in [pool.submit(_train_in_worker, *run, device) for run in unique]:
                 future.result()
     return before
 

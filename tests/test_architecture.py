@@ -14,17 +14,18 @@ PACKAGE = ROOT / "satlib"
 #: The layers, lowest first; inside a layer, a module may import the ones listed before it.
 LAYERS: dict[str, list[str]] = {
     "ground": ["errors", "storage", "config", "network", "specs", "presets"],
-    "methods": ["metrics", "scaling", "theory", "ngram", "synthetic", "claims", "saturation", "book",
-                "heads.lowrank", "heads.mixture"],
+    "methods": ["verdicts", "claims", "metrics", "optimize", "scaling", "theory", "ngram", "bottleneck", "synthetic",
+                "spectra", "anisotropy", "saturation", "book", "heads.lowrank", "heads.mixture"],
     "sources": ["data", "corpus", "tokenization", "models"],
     "training": ["training"],
     "measurement": ["evaluate", "sweep", "heads.features"],
     "experiments": ["heads.experiments", "long_run", "shapes", "dimensionality", "controlled"],
-    "interface": ["heads", "build", "ledger", "cli", "__main__", ""],
+    "interface": ["heads", "build.execution", "build.parameters", "build.record", "build.ledger", "build", "cli",
+                  "__main__", ""],
 }  # fmt: skip
 RANK = {name: index for index, name in enumerate(m for layer in LAYERS.values() for m in layer)}
 #: Imports inside functions that an optional dependency demands (module: imported names).
-OPTIONAL_IMPORTS = {"book": {"myst_nb"}, "data": {"datasets"}}
+OPTIONAL_IMPORTS = {"book": {"myst_nb"}, "data": {"datasets"}, "build.execution": {"psutil"}}
 
 
 def module_name(path: Path) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -96,7 +97,7 @@ def test_heavy_chapters_start_first():
 
 
 def build_command(*arguments: object) -> list[str]:
-    return [sys.executable, "-m", "satlib.build", *map(str, arguments)]
+    return [sys.executable, "-m", "satlib", *map(str, arguments)]
 
 
 def environment(**variables: str) -> dict[str, str]:
@@ -365,7 +366,7 @@ def test_the_page_shows_what_the_record_holds(tmp_path, capsys):
     assert page == build.build_info_page(record, tmp_path / "logs" / "executions.json")
     assert record["commit"] == "unknown"  # a temporary folder is no checkout
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", record["date"])
-    assert record["machine"] == {"platform": build.platform.platform(), "cores": os.cpu_count()}
+    assert record["machine"] == {"platform": platform.platform(), "cores": os.cpu_count()}
     assert record["versions"]["satlib"] == "0.1.0" and record["versions"]["torch"] != "not installed"
     rows = page_rows(page)
     assert rows["commit"] == [record["commit"]]

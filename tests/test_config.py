@@ -106,7 +106,7 @@ def test_offline_guard_blocks_dns_and_reports_no_network():
     with pytest.raises(network.NetworkBlockedError, match=r"DNS lookup of .huggingface\.co. blocked"):
         socket.getaddrinfo("huggingface.co", 443)
     assert network.network_available() is False
-    with pytest.raises(network.OfflineError, match="needs huggingface.co and there is no network: do X") as info:
+    with pytest.raises(network.OfflineError, match=r"needs huggingface\.co and there is no network: do X") as info:
         network.require_network("the thing", "do X")
     assert "\n" not in str(info.value)
 

@@ -85,7 +85,7 @@ def test_widths_of_every_kind_of_model():
 
 
 def test_missing_and_corrupted_checkpoints(mirror, tmp_path):
-    with pytest.raises(MissingArtefactError, match="no checkpoint of pythia-70m at step 2000 in .*SATLIB_HUB_MIRROR"):
+    with pytest.raises(MissingArtefactError, match=r"no checkpoint of pythia-70m at step 2000 in .*SATLIB_HUB_MIRROR"):
         models.load("pythia-70m", 2000, preset="pythia")
     weights = tmp_path / "EleutherAI" / "pythia-70m" / "step1000" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])

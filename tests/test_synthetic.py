@@ -3,12 +3,15 @@ gradient descent, and the one-line errors. Small worlds (V <= 256) keep it to a 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 
 from satlib import metrics
+from satlib.bottleneck import BottleneckFloors
 from satlib.errors import ConfigurationError, FitError
 from satlib.synthetic import SyntheticLanguage
 
@@ -194,7 +197,8 @@ def one_thread():
 
 def test_floor_table_refuses_floors_that_rise_with_width(monkeypatch):
     language = SyntheticLanguage(16, 4)
-    monkeypatch.setattr(SyntheticLanguage, "best_rank_loss", lambda self, d: {1: 2.0, 2: 2.1}[d])
+    fits = {d: SimpleNamespace(loss=loss) for d, loss in {1: 2.0, 2: 2.1}.items()}
+    monkeypatch.setattr(BottleneckFloors, "best_rank_fit", lambda self, d: fits[d])
     with pytest.raises(FitError, match=r"the floor at d = 2 \(2.100000000\) is above the floor at d = 1"):
         language.floor_table([1, 2])
 

@@ -76,7 +76,8 @@ def cosine_rate(peak: float, step: int, steps: int, warmup_fraction: float) -> f
 def fit_head(
     head: torch.nn.Module, train: Split, learning_rate: float, training: HeadTraining, seed: int, device: str = "cpu"
 ) -> torch.nn.Module:
-    """Train any head on frozen features with Adam, warm-up and cosine decay (paper Appendix B.1).
+    """Train any head on frozen features with Adam, warm-up and cosine decay (paper Appendix B.1), in the precision
+    of ``training`` (mixed bfloat16 by default; the loss and its softmax in float32).
 
     The head maps (N, d) features to (N, V) logits or log-probabilities: cross-entropy treats both alike, since the
     log-softmax of log-probabilities is themselves. ``seed`` orders the features (the same order for every head
@@ -85,6 +86,7 @@ def fit_head(
     features, targets = train
     generator = torch.Generator().manual_seed(seed)
     head = head.to(device)
+    mixed = training.precision == "bfloat16"
     optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate, betas=(0.9, 0.95))
     steps = training.epochs * -(-features.shape[0] // training.batch_tokens)
     step = 0
@@ -94,7 +96,9 @@ def fit_head(
             picked = order[start : start + training.batch_tokens]
             for group in optimizer.param_groups:
                 group["lr"] = cosine_rate(learning_rate, step, steps, training.warmup_fraction)
-            loss = torch.nn.functional.cross_entropy(head(features[picked].to(device)), targets[picked].to(device))
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=mixed):
+                outputs = head(features[picked].to(device))
+            loss = torch.nn.functional.cross_entropy(outputs.float(), targets[picked].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

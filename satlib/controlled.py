@@ -1,0 +1,306 @@
+"""A controlled test of the mechanism: does the softmax bottleneck alone make a small model saturate? (experiments
+layer; beyond the paper).
+
+Students (one-layer GPT-NeoX models on the book's recipe, :mod:`satlib.training`) are trained on a fresh stream
+from a :class:`satlib.synthetic.SyntheticLanguage` whose next-token distribution has a known rank, never an epoch
+twice, and measured at every checkpoint through :mod:`satlib.sweep` on held-out windows of the same language. Each
+student is compared with the exact floor of its width (:mod:`satlib.bottleneck`) and the language's entropy rate.
+On an endless stream there is no overfitting: a late rise of held-out loss is saturation.
+
+A :class:`ControlledGrid` is the experiment: one world, and students that vary the width around the rank and the
+factors the disputed causes point to (schedule, weight decay, token frequencies, batch size). ``live`` runs in
+every book build (two students, about a minute); ``cpu`` is ``make controlled`` (about two hours on 2 idle cores);
+``gpu`` is the same command on a GPU machine, with far more tokens. Each writes a frozen snapshot of measurements
+with its provenance; the chapter reads them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from satlib.claims import CLAIMS, SATURATION_RISE
+from satlib.config import cache_dir
+from satlib.errors import ConfigurationError, MissingArtefactError
+from satlib.long_run import git_commit
+from satlib.saturation import derived_columns
+from satlib.specs import SCHEDULES, SuiteSpec
+from satlib.storage import digest, read_json, write_json
+from satlib.sweep import measure_trained
+from satlib.synthetic import SyntheticLanguage
+from satlib.training import ensure_trained, training_record
+from satlib.verdicts import Claim
+
+SNAPSHOTS = Path(__file__).resolve().parent / "data_files" / "snapshots"
+#: Seed of the held-out windows every checkpoint is measured on (the training stream uses others).
+HELD_OUT_SEED = 7_777
+#: The factors a grid may vary, and the values they accept.
+FACTORS = {"schedule": SCHEDULES, "weight_decay": "a number >= 0", "zipf": "a number >= 0", "batch_size": "an int"}
+
+
+@dataclass(frozen=True)
+class SyntheticBatches:
+    """Training windows drawn fresh from a synthetic language: step s is ``language.batch(s, ...)`` with this seed,
+    so no window is ever seen twice and training resumes at any step."""
+
+    language: SyntheticLanguage
+    seed: int = 1
+
+    @property
+    def identity(self) -> str:
+        return f"synthetic-{digest(asdict(self.language), 10)}-s{self.seed}"
+
+    def batch(self, spec: SuiteSpec, step: int) -> torch.Tensor:
+        return self.language.batch(step, spec.batch_size, spec.context, self.seed)
+
+
+@dataclass(frozen=True)
+class Student:
+    """One student of a grid: its width and the factors it varies (the grid's defaults elsewhere)."""
+
+    width: int
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    zipf: float = 1.0
+    batch_size: int = 256
+    tokens: int | None = None  # default: the grid's
+
+    def __post_init__(self) -> None:
+        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
+            raise ConfigurationError(f"a student's width must be an integer >= 1, got {self.width!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigurationError(f"unknown schedule {self.schedule!r}: use one of {list(SCHEDULES)}")
+        if self.weight_decay < 0 or self.zipf < 0 or self.batch_size < 1:
+            raise ConfigurationError(f"bad factor in {self}: weight_decay and zipf >= 0, batch_size >= 1")
+
+    @property
+    def label(self) -> str:
+        return (f"d={self.width}, {self.schedule}, wd {self.weight_decay:g}, zipf {self.zipf:g}, "
+                f"batch {self.batch_size}")  # fmt: skip
+
+    @property
+    def slug(self) -> str:
+        """A short name for files and the result store."""
+        return f"d{self.width}-{self.schedule}-wd{self.weight_decay:g}-z{self.zipf:g}-b{self.batch_size}"
+
+
+@dataclass(frozen=True)
+class ControlledGrid:
+    """One world and its students.
+
+    Attributes:
+        name: ``live``, ``cpu`` or ``gpu`` (names the snapshot). vocab_size, rank, scale, world_seed: the
+        language (its ``zipf`` is each student's). tokens: training tokens of every student. context: tokens per
+        window. peak_lr: after a 1% warm-up. held_out_windows: windows of ``context`` tokens measured at every
+        checkpoint. checkpoints: evenly spaced checkpoints (after the early powers of two).
+    """
+
+    name: str
+    students: tuple[Student, ...]
+    tokens: int
+    vocab_size: int = 1024
+    rank: int = 64
+    scale: float = 3 / 64**0.25
+    world_seed: int = 0
+    context: int = 64
+    peak_lr: float = 3e-3
+    held_out_windows: int = 256
+    checkpoints: int = 20
+
+    def language(self, zipf: float) -> SyntheticLanguage:
+        return SyntheticLanguage(self.vocab_size, self.rank, zipf, self.world_seed, self.scale)
+
+    def spec(self, student: Student) -> SuiteSpec:
+        """The suite that trains one student (a one-layer GPT-NeoX, as the world's first trial)."""
+        steps = max(100, (student.tokens or self.tokens) // (student.batch_size * self.context))
+        return SuiteSpec(
+            name=f"controlled-{self.name}-{student.slug}", widths=(student.width,), n_layers=1,
+            vocab_size=self.vocab_size,
+            context=self.context, batch_size=student.batch_size, steps=steps, peak_lr=self.peak_lr,
+            checkpoints_evenly=self.checkpoints, schedule=student.schedule, weight_decay=student.weight_decay,
+        )  # fmt: skip
+
+
+def _factorial(widths: tuple[int, ...], batch_size: int) -> tuple[Student, ...]:
+    """Every width with each schedule and with weight decay off and on."""
+    return tuple(Student(d, schedule, wd, batch_size=batch_size)
+                 for d in widths for schedule in SCHEDULES for wd in (0.0, 0.1))  # fmt: skip
+
+
+#: ``live``: one student below the rank and one above it, in every book build (about a minute on a CPU). ``cpu``:
+#: ``make controlled`` on 2 cores (about an hour and a quarter): width 8 under each schedule and weight decay, width
+#: 4, and width 64 at the rank with a quarter of the tokens. ``gpu``: widths 8 to 32 below the rank 64 and 128 above
+#: it, each schedule and weight decay, with 200M tokens each (11,600 tokens per parameter at width 8), plus flat
+#: token frequencies and a smaller batch at width 8.
+GRIDS: dict[str, ControlledGrid] = {
+    "live": ControlledGrid("live", (Student(8, batch_size=64), Student(128, batch_size=64)), tokens=1_250_000,
+                           held_out_windows=128, checkpoints=10),
+    "cpu": ControlledGrid("cpu", (*_factorial((8,), 256), Student(4, "constant"), Student(64, tokens=10_000_000)),
+                          tokens=40_000_000),
+    "gpu": ControlledGrid("gpu", (Student(8, "constant", batch_size=256),  # the longest first: four times the steps
+                                  *_factorial((8, 16, 32, 128), 1024),
+                                  Student(8, "constant", zipf=0.0, batch_size=1024)),
+                          tokens=200_000_000, held_out_windows=1024, checkpoints=40),
+}  # fmt: skip
+
+
+def grid_named(name: str) -> ControlledGrid:
+    """A grid of :data:`GRIDS`, or a one-line error naming them."""
+    if name not in GRIDS:
+        raise ConfigurationError(f"unknown grid {name!r}: use one of {sorted(GRIDS)}")
+    return GRIDS[name]
+
+
+def scaled(grid: ControlledGrid, tokens: int) -> ControlledGrid:
+    """The same grid with ``tokens`` per student (and students' own budgets scaled alike): a quick rehearsal of a
+    long grid before it runs (its cache and result names stay apart, under ``<name>-<tokens>``)."""
+    factor = tokens / grid.tokens
+    students = tuple(replace(s, tokens=None if s.tokens is None else max(1, int(s.tokens * factor)))
+                     for s in grid.students)  # fmt: skip
+    return replace(grid, name=f"{grid.name}-{tokens}", students=students, tokens=tokens)
+
+
+def runs_of(grid: ControlledGrid) -> list[tuple[SuiteSpec, int, SyntheticBatches]]:
+    """(suite, width, training data) of every student, for :func:`satlib.training.ensure_trained`."""
+    return [(grid.spec(s), s.width, SyntheticBatches(grid.language(s.zipf))) for s in grid.students]
+
+
+def held_out(grid: ControlledGrid, zipf: float) -> torch.Tensor:
+    """The held-out windows of a grid's language (a seed no training step uses)."""
+    return grid.language(zipf).batch(0, grid.held_out_windows, grid.context, HELD_OUT_SEED)
+
+
+def floors(grid: ControlledGrid) -> pd.DataFrame:
+    """The floor of every student's width and the entropy rate of its language: one row per (zipf, width),
+    cached as JSON beside the cache (the fits take seconds to minutes)."""
+    path = cache_dir() / "controlled" / f"floors-{digest([asdict(grid.language(0.0)), grid.students], 12)}.json"
+    if path.is_file():
+        return pd.DataFrame(read_json(path))
+    rows = []
+    for zipf in sorted({s.zipf for s in grid.students}):
+        language = grid.language(zipf)
+        widths = sorted({s.width for s in grid.students if s.zipf == zipf})
+        table = language.floor_table(widths)
+        rows += [{"zipf": zipf, **row} for row in table.to_dict(orient="records")]
+    write_json(path, rows)
+    return pd.DataFrame(rows)
+
+
+def measure(grid: ControlledGrid, jobs: int = 1, device: str = "cpu") -> pd.DataFrame:
+    """Train every student (once; cached and resumable) and measure each checkpoint on held-out windows.
+
+    Returns:
+        One row per student and checkpoint: the student's factors, ``step``, ``tokens``, the measurements, the
+        floor and entropy rate, ``gap_to_floor``, ``gap_to_entropy`` and :func:`satlib.saturation.derived_columns`.
+    """
+    runs = runs_of(grid)
+    ensure_trained(runs, jobs, device)
+    names = ("heldout_loss", "anisotropy_profile", "head_singular_values")
+    tables = []
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads or CUDA
+    with ProcessPoolExecutor(jobs, mp_context=context) if jobs > 1 else nullcontext() as executor:
+        for zipf in sorted({s.zipf for s in grid.students}):
+            chosen = [(run, s) for run, s in zip(runs, grid.students, strict=True) if s.zipf == zipf]
+            data = {"evaluation": held_out(grid, zipf)}
+            table = measure_trained([run for run, _ in chosen], data, names, executor=executor, device=device)
+            by_group = {run[0].name: student for run, student in chosen}
+            students = [by_group[group] for group in table.group]
+            tables.append(table.assign(student=[s.label for s in students], schedule=[s.schedule for s in students],
+                                       weight_decay=[s.weight_decay for s in students], zipf=zipf,
+                                       batch_size=[s.batch_size for s in students]))  # fmt: skip
+    table = pd.concat(tables, ignore_index=True)
+    floor = floors(grid).set_index(["zipf", "d"])
+    table["floor"] = [float(floor.floor[z, w]) for z, w in zip(table.zipf, table.width, strict=True)]
+    table["entropy_rate"] = [float(floor.entropy_rate[z, w]) for z, w in zip(table.zipf, table.width, strict=True)]
+    table["gap_to_floor"] = table.heldout_loss - table.floor
+    table["gap_to_entropy"] = table.heldout_loss - table.entropy_rate
+    return derived_columns(table)
+
+
+def run(grid: ControlledGrid, jobs: int = 1, device: str = "cpu", snapshot: Path | None = None) -> dict:
+    """Train and measure a grid, and write its snapshot (measurements and provenance, no weights)."""
+    started = time.perf_counter()
+    table = measure(grid, jobs, device)
+    records = {s.label: training_record(spec, width, data) for s, (spec, width, data)
+               in zip(grid.students, runs_of(grid), strict=True)}  # fmt: skip
+    provenance = {
+        "command": " ".join(["python -m satlib", *sys.argv[1:]]) if sys.argv else "satlib.controlled.run",
+        "commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}; torch {torch.__version__}; "
+        f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
+        "jobs": jobs, "wall_seconds": round(time.perf_counter() - started), "grid": asdict(grid),
+        "training": {label: {"seconds_last_session": r["seconds_this_run"],
+                             "tokens_per_second_last_session": r["tokens_per_second"]} for label, r in records.items()},
+    }  # fmt: skip
+    columns = [c for c in table.columns if c not in ("last_anisotropy", "singular_entropy", "tokens_per_parameter")]
+    result = {"provenance": provenance, "rows": table[columns].to_dict(orient="records")}
+    write_json(snapshot or SNAPSHOTS / f"controlled-{grid.name}.json", result)
+    return result
+
+
+def load_snapshot(name: str, folder: Path = SNAPSHOTS) -> tuple[pd.DataFrame, dict]:
+    """A grid's frozen snapshot as a table (with :func:`satlib.saturation.derived_columns`) and its provenance."""
+    path = folder / f"controlled-{name}.json"
+    if not path.is_file():
+        raise MissingArtefactError(f"no snapshot of the {name!r} grid at {path}: make it with `make controlled "
+                                   f"GRID={name}`")  # fmt: skip
+    snapshot = read_json(path, f"remake it with `make controlled GRID={name}`")
+    return derived_columns(pd.DataFrame(snapshot["rows"])), snapshot["provenance"]
+
+
+def verdicts(table: pd.DataFrame, jump: float = 0.2) -> pd.DataFrame:
+    """Did each student saturate? One row per student: tokens per parameter reached, the step of its lowest held-out
+    loss, the rise after it, ``saturated`` (a rise of more than :data:`satlib.claims.SATURATION_RISE` nats: on a
+    fresh stream nothing else makes the loss rise), the final gaps to the floor and to the entropy rate, and whether
+    anisotropy or singular entropy rose by more than ``jump`` (relative) after the minimum."""
+    rows = {}
+    for label, group in table.groupby("student", sort=False):
+        group = group.sort_values("step").reset_index(drop=True)
+        best = int(group.heldout_loss.idxmin())
+        after = group.iloc[best:]
+        rise = float(group.heldout_loss.iloc[-1] - group.heldout_loss.iloc[best])
+        rows[label] = {
+            "width": int(group.width.iloc[0]), "tokens per parameter": float(group.tokens_per_parameter.iloc[-1]),
+            "lowest loss at step": int(group.step.iloc[best]), "last step": int(group.step.iloc[-1]),
+            "rise after minimum": rise, "saturated": bool(rise > SATURATION_RISE),
+            "final gap to floor": float(group.gap_to_floor.iloc[-1]),
+            "final gap to entropy": float(group.gap_to_entropy.iloc[-1]),
+            "anisotropy jumped": bool(after.last_anisotropy.max() > (1 + jump) * after.last_anisotropy.iloc[0]),
+            "singular entropy jumped": bool(after.singular_entropy.max() > (1 + jump) * after.singular_entropy.iloc[0]),
+        }  # fmt: skip
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def controlled_claim(verdict: pd.DataFrame, rank: int, source: str) -> Claim:
+    """The ledger record of the controlled test: does saturation appear only below the rank, only under some
+    optimiser settings, or not at all (:func:`verdicts` of a grid)."""
+    below, above = verdict[verdict.width < rank], verdict[verdict.width >= rank]
+    saturated_below, saturated_above = int(below.saturated.sum()), int(above.saturated.sum())
+    if saturated_below == 0 and saturated_above == 0:
+        finding = (f"no student saturates: below the rank they end {below['final gap to floor'].min():.3f} to "
+                   f"{below['final gap to floor'].max():.3f} nats above their floors")  # fmt: skip
+    elif saturated_above == 0 and saturated_below == len(below):
+        finding = "every student narrower than the rank saturates, none at or above it"
+    elif saturated_above == 0:
+        finding = f"{saturated_below} of {len(below)} students below the rank saturate (only under some settings)"
+    else:
+        finding = f"students saturate below ({saturated_below}) and above ({saturated_above}) the rank"
+    book = (f"{len(verdict)} students, up to {verdict['tokens per parameter'].max():,.0f} tokens per parameter; "
+            f"largest rise after a minimum {verdict['rise after minimum'].max():.4f} nats")  # fmt: skip
+    return CLAIMS["x-controlled-bottleneck"].judge(finding, book, source, ["one seed per student"])
+
+
+def available_snapshots(folder: Path = SNAPSHOTS) -> list[str]:
+    """Names of the grids whose snapshot is committed, largest first (``gpu``, then ``cpu``)."""
+    return [name for name in ("gpu", "cpu") if (folder / f"controlled-{name}.json").is_file()]
