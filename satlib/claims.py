@@ -48,6 +48,8 @@ class ClaimSpec:
 COLLAPSE_FACTOR = 2.0
 #: A loss rise (nats) after a run's minimum that counts as saturation, everywhere in the book.
 SATURATION_RISE = 0.01
+#: How close (nats) to the floor of its width a student must end for "it trained to near its floor" (chapter 08).
+NEAR_FLOOR = 0.05
 
 _CLAIMS = [
     ClaimSpec(
@@ -285,7 +287,8 @@ _CLAIMS = [
         "its minimum (an endless stream cannot be overfit). The bottleneck alone suffices when students narrower "
         "than the rank saturate and none at or above it does, whatever the optimiser; the optimiser matters when "
         "saturation appears under some settings only; the bottleneck does not suffice when no narrow student "
-        "saturates while it trains to near its floor.",
+        f"saturates while one ends within {NEAR_FLOOR} nats of its floor. When no student saturates and none "
+        "below the rank comes that close, the test is not decided at this length of training.",
         beyond_paper=True,
     ),
     ClaimSpec(

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from satlib.claims import CLAIMS, SATURATION_RISE
+from satlib.claims import CLAIMS, NEAR_FLOOR, SATURATION_RISE
 from satlib.config import cache_dir
 from satlib.errors import ConfigurationError, MissingArtefactError
 from satlib.long_run import git_commit
@@ -287,9 +287,12 @@ def controlled_claim(verdict: pd.DataFrame, rank: int, source: str) -> Claim:
     optimiser settings, or not at all (:func:`verdicts` of a grid)."""
     below, above = verdict[verdict.width < rank], verdict[verdict.width >= rank]
     saturated_below, saturated_above = int(below.saturated.sum()), int(above.saturated.sum())
-    if saturated_below == 0 and saturated_above == 0:
-        finding = (f"no student saturates: below the rank they end {below['final gap to floor'].min():.3f} to "
-                   f"{below['final gap to floor'].max():.3f} nats above their floors")  # fmt: skip
+    gaps = f"{below['final gap to floor'].min():.3f} to {below['final gap to floor'].max():.3f} nats"
+    if saturated_below == 0 and saturated_above == 0 and below["final gap to floor"].min() > NEAR_FLOOR:
+        finding = (f"not decided at this length: no student saturates, and below the rank they still end {gaps} "
+                   f"above their floors (near means within {NEAR_FLOOR})")  # fmt: skip
+    elif saturated_below == 0 and saturated_above == 0:
+        finding = f"no student saturates: below the rank they end {gaps} above their floors"
     elif saturated_above == 0 and saturated_below == len(below):
         finding = "every student narrower than the rank saturates, none at or above it"
     elif saturated_above == 0:

@@ -88,3 +88,21 @@ def test_the_grids_are_sized_as_documented():
     spec = gpu.spec(narrow)
     assert isinstance(spec, SuiteSpec) and spec.n_layers == 1
     assert spec.steps * spec.tokens_per_step / training.parameter_count(spec, 8) > 10_000
+
+
+@pytest.mark.parametrize(
+    ("saturated", "gaps", "finding"),
+    [
+        ([False, False, False], [0.2, 0.3, 0.0], "not decided at this length"),
+        ([False, False, False], [0.01, 0.3, 0.0], "no student saturates"),
+        ([True, True, False], [0.01, 0.3, 0.0], "every student narrower than the rank saturates"),
+        ([True, False, False], [0.01, 0.3, 0.0], "1 of 2 students below the rank saturate"),
+        ([True, False, True], [0.01, 0.3, 0.0], "students saturate below (1) and above (1)"),
+    ],
+)
+def test_the_controlled_verdict_follows_its_criterion(saturated, gaps, finding):
+    """Two students below the rank (8, 16) and one above (128): each branch of the criterion, on made-up verdicts."""
+    verdict = pd.DataFrame({"width": [8, 16, 128], "saturated": saturated, "final gap to floor": gaps,
+                            "tokens per parameter": [1e3, 1e3, 1e2], "rise after minimum": [0.02, 0.0, 0.0]})
+    claim = controlled.controlled_claim(verdict, 64, "made-up verdicts")
+    assert claim.verdict.startswith("tested beyond the paper: " + finding), claim.verdict
