@@ -34,6 +34,7 @@ from satlib.claims import CLAIMS, NEAR_FLOOR, SATURATION_RISE
 from satlib.config import cache_dir
 from satlib.errors import ConfigurationError, MissingArtefactError
 from satlib.long_run import git_commit
+from satlib.models import suite_group
 from satlib.saturation import derived_columns
 from satlib.specs import SCHEDULES, SuiteSpec
 from satlib.storage import digest, read_json, write_json
@@ -214,7 +215,7 @@ def measure(grid: ControlledGrid, jobs: int = 1, device: str = "cpu") -> pd.Data
             chosen = [(run, s) for run, s in zip(runs, grid.students, strict=True) if s.zipf == zipf]
             data = {"evaluation": held_out(grid, zipf)}
             table = measure_trained([run for run, _ in chosen], data, names, executor=executor, device=device)
-            by_group = {run[0].name: student for run, student in chosen}
+            by_group = {suite_group(spec, data.identity): student for (spec, _, data), student in chosen}
             students = [by_group[group] for group in table.group]
             tables.append(table.assign(student=[s.label for s in students], schedule=[s.schedule for s in students],
                                        weight_decay=[s.weight_decay for s in students], zipf=zipf,

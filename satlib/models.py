@@ -68,7 +68,8 @@ class Checkpoint:
     """One checkpoint of one model: where it is, and under which names its measurements are stored.
 
     Attributes:
-        group: the result store's folder for it (the suite's name, the hub organisation, or ``pretrained``).
+        group: the result store's folder for it (:func:`suite_group` for a trained suite, the hub organisation, or
+            ``pretrained``).
         model: the model's registry name. step: its training step (0 for a released model).
         location: a local folder, or ``<repository>@<revision>`` on the hub.
         local: whether ``location`` is a folder.
@@ -97,9 +98,15 @@ def corpus_data_id(vocab_size: int) -> str:
     return f"bpe{vocab_size}-{corpus_id()}"
 
 
+def suite_group(spec: SuiteSpec, data_id: str) -> str:
+    """The name of a suite trained on data ``data_id``, unique to both: its cache folder and its results' group (two
+    seeds or shapes of one suite name never share a record)."""
+    return f"{spec.name}-{spec.key()}-{data_id}"
+
+
 def suite_dir(spec: SuiteSpec, data_id: str) -> Path:
     """Cache folder of a suite trained on data ``data_id`` (one ``d<width>`` folder per model)."""
-    return cache_dir() / "suite" / f"{spec.name}-{spec.key()}-{data_id}"
+    return cache_dir() / "suite" / suite_group(spec, data_id)
 
 
 def model_dir(spec: SuiteSpec, width: int, data_id: str) -> Path:
@@ -172,10 +179,9 @@ def checkpoint(name: str, step: int | None = None, preset: str | Preset = "tiny"
             return Checkpoint("pretrained", name, 0, f"{SMOLLM2_HUB}@main", local=False)
         return Checkpoint("pretrained", name, 0, str(smollm2_dir()), local=True)
     if preset.suite is not None:
-        folder = (
-            model_dir(preset.suite, width_of(name, preset), corpus_data_id(preset.suite.vocab_size)) / f"step{step}"
-        )
-        return Checkpoint(preset.suite.name, name, step, str(folder), local=True)
+        data_id = corpus_data_id(preset.suite.vocab_size)
+        folder = model_dir(preset.suite, width_of(name, preset), data_id) / f"step{step}"
+        return Checkpoint(suite_group(preset.suite, data_id), name, step, str(folder), local=True)
     organisation = preset.published.organisation
     mirror = hub_mirror()
     if mirror is not None:

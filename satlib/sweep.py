@@ -124,10 +124,16 @@ def sweep(
     needed = {MEASUREMENTS[m].data for t in tasks for m in t.measurements} - {None} - set(data)
     if needed:
         raise ConfigurationError(f"the measurements need token windows called {sorted(needed)}: pass them in data")
+    places: dict[tuple[str, str, int], str] = {}
+    for point in (t.checkpoint for t in tasks):  # one record per (group, model, step): two models may not share it
+        if places.setdefault((point.group, point.model, point.step), point.location) != point.location:
+            raise ConfigurationError(f"two checkpoints would share the results of {point.group}/{point.model} at "
+                                     f"step {point.step}: give each suite a group of its own")  # fmt: skip
     store = store or ResultStore()
     hashes = data_keys(data)
     keys = {(t, m): result_key(t.checkpoint, m, hashes, dtype) for t in tasks for m in t.measurements}
-    todo = [t for t in tasks if any(store.get(t.checkpoint, m, keys[t, m]) is None for m in t.measurements)]
+    todo = list(dict.fromkeys(t for t in tasks if any(store.get(t.checkpoint, m, keys[t, m]) is None
+                                                      for m in t.measurements)))  # fmt: skip
     bar = progress(total=len(todo), desc="sweep", unit="checkpoint", leave=False)
 
     def keep(task: Task, values: dict[str, object]) -> None:

@@ -102,7 +102,8 @@ def test_the_grids_are_sized_as_documented():
 )
 def test_the_controlled_verdict_follows_its_criterion(saturated, gaps, finding):
     """Two students below the rank (8, 16) and one above (128): each branch of the criterion, on made-up verdicts."""
-    verdict = pd.DataFrame({"width": [8, 16, 128], "saturated": saturated, "final gap to floor": gaps,
-                            "tokens per parameter": [1e3, 1e3, 1e2], "rise after minimum": [0.02, 0.0, 0.0]})
+    columns = {"width": [8, 16, 128], "saturated": saturated, "final gap to floor": gaps,
+               "tokens per parameter": [1e3, 1e3, 1e2], "rise after minimum": [0.02, 0.0, 0.0]}  # fmt: skip
+    verdict = pd.DataFrame(columns)
     claim = controlled.controlled_claim(verdict, 64, "made-up verdicts")
     assert claim.verdict.startswith("tested beyond the paper: " + finding), claim.verdict

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from satlib import config, evaluate, models, saturation, sweep
+from satlib import anisotropy, config, evaluate, models, sweep
 from satlib.errors import ConfigurationError, DamagedArtefactError, MissingArtefactError, OfflineError
 from satlib.specs import PileSample
 
@@ -176,7 +176,7 @@ def test_training_landmarks_on_a_known_curve():
     values, losses = [0.1, 0.2, 0.9, 0.5, 0.3, 0.35], [8, 7, 6, 5, 4.5, 4.6]
     frame = pd.DataFrame({"model": "m", "step": steps, "tokens": [s * 10 for s in steps], "value": values,
                           "heldout_loss": losses})  # fmt: skip
-    landmarks = saturation.training_landmarks(frame, "value").loc["m"]
+    landmarks = anisotropy.training_landmarks(frame, "value").loc["m"]
     assert landmarks["largest jump at step"] == 2 and landmarks["peak at step"] == 2
     assert landmarks["peak"] == 0.9 and landmarks["loss at peak"] == 6
     assert landmarks["lowest loss at step"] == 8

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from satlib import long_run, models, saturation, shapes, specs, training
+from satlib import long_run, models, saturation, shapes, specs, spectra, training
 from satlib.errors import MissingArtefactError
 
 
@@ -25,23 +25,23 @@ def test_long_run_schedules():
 def test_collapsed_entropy_matches_a_direct_computation(width, power):
     sigma = np.full(width, 0.01)
     sigma[0] = 1.0
-    assert saturation.collapsed_entropy(0.01, width, power) == pytest.approx(
+    assert spectra.collapsed_entropy(0.01, width, power) == pytest.approx(
         __import__("satlib.metrics", fromlist=["singular_entropy"]).singular_entropy(sigma, power), rel=1e-9
     )
 
 
 def test_the_issues_worked_example_of_the_normalisation():
     """All ratios at 0.01 and d = 128: KL 1.46 with sigma normalised, 4.72 with sigma squared (ln 128 = 4.85)."""
-    assert saturation.collapsed_entropy(0.01, 128, 1) == pytest.approx(1.46, abs=0.01)
-    assert saturation.collapsed_entropy(0.01, 128, 2) == pytest.approx(4.72, abs=0.01)
+    assert spectra.collapsed_entropy(0.01, 128, 1) == pytest.approx(1.46, abs=0.01)
+    assert spectra.collapsed_entropy(0.01, 128, 2) == pytest.approx(4.72, abs=0.01)
 
 
 def test_the_adopted_normalisation_is_what_the_papers_figures_support():
     from satlib.data import paper_values
 
     figure4, figure5 = paper_values("fig4_spectrum_ratios"), paper_values("fig5_singular_entropy")
-    table = saturation.paper_normalisation(saturation.collapsed_ratios(figure4), saturation.collapse_plateaus(figure5))
-    assert saturation.supported_power(table) == saturation.SINGULAR_ENTROPY_POWER == 2
+    table = spectra.paper_normalisation(spectra.collapsed_ratios(figure4), spectra.collapse_plateaus(figure5))
+    assert spectra.supported_power(table) == spectra.SINGULAR_ENTROPY_POWER == 2
 
 
 def curve_table(heldout: list[float], train: list[float], anisotropy: list[float] | None = None) -> pd.DataFrame:
@@ -65,12 +65,12 @@ def test_verdict_on_known_curves():
 def test_spectrum_phases_find_peak_minimum_and_rebound():
     table = curve_table([8, 7, 6, 5, 4.9, 4.8], [8, 7, 6, 5, 4.9, 4.8])
     table["singular_entropy"] = [0.001, 0.8, 0.3, 0.1, 0.15, 0.2]  # flat, frequency phase, flattening, re-steepening
-    phases = saturation.spectrum_phases(table, early=0.25).iloc[0]
+    phases = spectra.spectrum_phases(table, early=0.25).iloc[0]
     assert phases.peak == 0.8 and phases["minimum after the peak"] == 0.1
     assert phases["minimum at tokens per parameter"] == pytest.approx(30.0)
     assert phases.rebound == pytest.approx(2.0)
     table["singular_entropy"] = [0.001, 0.8, 0.3, 0.1, 0.9, 2.0]  # a collapse beyond the warm-up peak
-    collapsed = saturation.spectrum_phases(table, early=0.25).iloc[0]
+    collapsed = spectra.spectrum_phases(table, early=0.25).iloc[0]
     assert collapsed.peak == 0.8 and collapsed.rebound == pytest.approx(20.0)
 
 

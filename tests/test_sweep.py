@@ -38,7 +38,7 @@ def test_store_is_keyed_and_atomic(tmp_path):
     store.put(point, "heldout_loss", {"data": "a"}, 5.0)
     assert store.get(point, "heldout_loss", {"data": "a"}) == 5.0
     assert store.get(point, "heldout_loss", {"data": "b"}) is None  # other data: missing
-    assert store.path(point, "heldout_loss") == tmp_path / "tiny" / MODEL / "step8" / "heldout_loss.json"
+    assert store.path(point, "heldout_loss") == tmp_path / point.group / MODEL / "step8" / "heldout_loss.json"
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temporary files left
 
 
@@ -142,3 +142,12 @@ def test_submitit_executor_equals_serial(tmp_path, windows):
     submitted = sweep.sweep(tasks()[:3], windows, sweep.ResultStore(tmp_path / "submitit"), executor)
     assert submitted.equals(serial)
     assert len(list((tmp_path / "jobs").glob("*_result.pkl"))) == 3  # three jobs ran outside this process
+
+
+def test_two_models_may_not_share_a_record(tmp_path):
+    """Two checkpoints with one (group, model, step) would overwrite each other's results: refused before any work."""
+    first = models.Checkpoint("suite", "m-d8", 10, str(tmp_path / "a"), local=True)
+    second = models.Checkpoint("suite", "m-d8", 10, str(tmp_path / "b"), local=True)
+    tasks_ = [sweep.Task(first, ("heldout_loss",)), sweep.Task(second, ("heldout_loss",))]
+    with pytest.raises(ConfigurationError, match="would share the results of suite/m-d8 at step 10"):
+        sweep.sweep(tasks_, {"evaluation": torch.zeros(2, 5, dtype=torch.long)}, store=sweep.ResultStore(tmp_path))

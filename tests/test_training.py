@@ -176,7 +176,7 @@ def test_damaged_or_deleted_checkpoint_is_named_and_repaired(tmp_path, monkeypat
     untouched = (models.model_dir(TEST_SPEC, 16, DATA.identity) / "complete.json").stat().st_mtime_ns
     weights.write_bytes(original[: len(original) // 2])
     point = training.suite_checkpoint(TEST_SPEC, 8, DATA, step)
-    with pytest.raises(DamagedArtefactError, match=r"fails its checksum: run `make suite`") as info:
+    with pytest.raises(DamagedArtefactError, match=r"fails its checksum\): run `make suite`") as info:
         models.load_checkpoint(point)
     assert "\n" not in str(info.value)
     assert training.ensure_trained(runs) == [f"damaged: step{step}/model.safetensors", "complete"]
