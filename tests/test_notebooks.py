@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,22 @@ def test_toc_lists_exactly_the_existing_chapters():
     for f in files:
         if not f.startswith("book/notebooks/"):
             assert (ROOT / f"{f}.md").is_file(), f"_toc.yml lists {f}, which does not exist"
+
+
+def control_characters(text: str) -> list[str]:
+    """Control characters (Unicode category Cc) other than the newline, e.g. a tab left where ``\\t`` of ``\\times``
+    was read as an escape."""
+    return sorted({repr(c) for c in text if unicodedata.category(c) == "Cc" and c != "\n"})
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_control_characters_in_prose_or_captions(path):
+    found = []
+    for index, cell in enumerate(cells(path), 1):
+        caption = cell["metadata"].get("mystnb", {}).get("figure", {}).get("caption", "")
+        prose = source(cell) if cell["cell_type"] == "markdown" else ""
+        for where, text in (("caption", caption), ("markdown", prose)):
+            if bad := control_characters(text):
+                at = text.index(next(c for c in text if repr(c) in bad))
+                found.append(f"cell {index} {where}: {', '.join(bad)} in {text[max(0, at - 30) : at + 30]!r}")
+    assert not found, f"{path.name}: control characters (a backslash escape read as one?): {found}"
