@@ -6,6 +6,8 @@
 * :func:`use_style` sets one matplotlib style for every figure of the book.
 * :class:`Source` labels where a number comes from. Every curve in a figure carries one of these labels, so
   a reader never mistakes a value read off the paper's figure for one this book computed.
+* :func:`colab_install_cell` is the first cell of every chapter: on Colab it installs
+  :func:`install_requirement`, this version of satlib from the book's repository (a pinned tag).
 """
 
 from __future__ import annotations
@@ -112,3 +114,31 @@ def glued_values(executed_notebook: Any) -> dict[str, Any]:
             except (ValueError, SyntaxError):
                 values[record["name"]] = text
     return values
+
+
+def install_requirement() -> str:
+    """The pip requirement that installs this version of satlib from the book's repository.
+
+    It names the tag ``v<satlib.__version__>`` (created by the publishing workflow, .github/workflows/book.yml),
+    never the moving main branch, so that a chapter opened on Colab runs the library it was written for.
+    """
+    import satlib
+    from satlib.config import REPOSITORY_URL
+
+    return f"satlib @ git+{REPOSITORY_URL}@v{satlib.__version__}"
+
+
+def colab_install_cell() -> str:
+    """The exact source of the first cell of every chapter (tagged ``remove-cell``, so the book does not show it).
+
+    On Colab it pip-installs :func:`install_requirement`; anywhere else it does nothing.
+    """
+    return (
+        "# On Google Colab only: install the version of satlib this notebook was written for "
+        "(elsewhere this cell does nothing).\n"
+        "import subprocess\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "{install_requirement()}"])'
+    )
