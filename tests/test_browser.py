@@ -73,8 +73,9 @@ return {
   broken_images: Array.from(document.images)
       .filter(i => !(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0)).map(i => i.src),
   figures: Array.from(document.querySelectorAll('main figure img')).map(i => ({
-      src: i.getAttribute('src').split('/').pop(), natural: i.naturalWidth, shown: i.clientWidth,
-      room: i.closest('figure').clientWidth})),
+      name: i.closest('figure').id || i.getAttribute('src').split('/').pop(),
+      number: (i.closest('figure').querySelector('.caption-number') || {textContent: ''}).textContent.trim(),
+      natural: i.naturalWidth, shown: i.clientWidth})),
   column: (document.querySelector('.bd-article') || main).clientWidth,
   error_outputs: document.querySelectorAll('.output.error, .output.traceback').length,
   math_elements: maths.length,
@@ -259,7 +260,7 @@ def test_header_buttons_lead_somewhere(report, server, docname):
 def test_figures_shown_near_natural_width(report, docname):
     """At 1,280 px each figure is shown at 85% of its natural width or more (else its text is scaled down)."""
     page = report(docname)
-    narrow = [f"{f['src']}: {f['shown']}/{f['natural']} px ({f['shown'] / f['natural']:.0%})"
+    narrow = [f"{f['number']} {f['name']}: {f['shown']}/{f['natural']} px ({f['shown'] / f['natural']:.0%})"
               for f in page["figures"] if f["natural"] and f["shown"] < MIN_SHOWN_SHARE * f["natural"]]  # fmt: skip
     assert narrow == [], (
         f"{docname}: at {WIDE} px (main column {page['column']} px) these figures are shown below "
