@@ -6,6 +6,8 @@
 * :func:`use_style` sets one matplotlib style for every figure of the book.
 * :class:`Source` labels where a number comes from. Every curve in a figure carries one of these labels, so
   a reader never mistakes a value read off the paper's figure for one this book computed.
+* :func:`colab_install_cell` is the first cell of every chapter: on Colab it installs
+  :func:`install_requirement`, this version of satlib from the book's repository (a pinned tag).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import matplotlib as mpl
 import pandas as pd
 
 from satlib.claims import CLAIMS
+from satlib.config import REPOSITORY_URL, VERSION
 from satlib.verdicts import records_json
 
 #: Colours of the book's figures, in the order series are drawn (colour-blind safe, Okabe & Ito 2008).
@@ -71,7 +74,7 @@ def use_style() -> None:
     """Apply the book's figure style (sizes, fonts, grid, colour cycle) to matplotlib."""
     mpl.rcParams.update(
         {
-            "figure.figsize": (7.0, 4.0),
+            "figure.figsize": (6.8, 4.0),  # at most 6.8 in: shown at full size in the page column (issue 18)
             "figure.dpi": 110,
             "savefig.dpi": 110,
             "figure.constrained_layout.use": True,
@@ -175,3 +178,26 @@ def criteria(chapter: str) -> Markdown:
              f"*Paper:* {spec.paper_value}. *Criterion:* {spec.criterion}"
              for spec in CLAIMS.values() if spec.chapter == chapter]  # fmt: skip
     return Markdown("\n".join(lines))
+
+
+def install_requirement() -> str:
+    """The pip requirement that installs this version of satlib from the book's repository.
+
+    It names the tag ``v<satlib version>`` (created by the publishing workflow, .github/workflows/book.yml), never
+    the moving main branch, so that a chapter opened on Colab runs the library it was written for.
+    """
+    return f"satlib @ git+{REPOSITORY_URL}@v{VERSION}"
+
+
+def colab_install_cell() -> str:
+    """The exact source of the first code cell of every chapter (tagged ``remove-cell``, so the book does not show
+    it). On Colab it pip-installs :func:`install_requirement`; anywhere else it does nothing."""
+    return (
+        "# On Google Colab only: install the version of satlib this notebook was written for "
+        "(elsewhere this cell does nothing).\n"
+        "import subprocess\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "{install_requirement()}"])'
+    )

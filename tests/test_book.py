@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,38 @@ def test_the_ledger_holds_every_claim_in_the_intro_and_in_claims_json():
         assert cells[0] == record["id"] and cells[1] == record["verdict"]
     text = page("book/intro").get_text()
     assert all(verdict in text for verdict in VERDICTS)
+
+
+def bibliography_labels() -> dict[str, str]:
+    """The bibliography's labels ("Godey et al., 2024b") by entry id."""
+    entries = page("book/bibliography").select("div.citation")
+    return {e["id"]: " ".join(e.select_one(".label").get_text().split()).strip("[]") for e in entries}
+
+
+def test_bibliography_labels_are_author_year_with_letters_only_where_needed():
+    """Issue 18: labels in the citations' author-year form; one author's works of one year get 2024a, 2024b."""
+    labels = bibliography_labels()
+    assert labels and len(set(labels.values())) == len(labels), labels
+    parts = {key: re.fullmatch(r"(.+), (\d{4}|n\.d\.)([a-z]?)", label) for key, label in labels.items()}
+    assert all(parts.values()), [label for key, label in labels.items() if not parts[key]]
+    shared = Counter((m[1], m[2]) for m in parts.values())
+    for key, match in parts.items():
+        needs_letter = shared[(match[1], match[2])] > 1
+        assert bool(match[3]) == needs_letter, f"{labels[key]}: a letter is needed exactly where author and year repeat"
+    assert {"Godey et al., 2024a", "Godey et al., 2024b"} <= set(labels.values())
+
+
+@pytest.mark.parametrize("docname", PAGES)
+def test_citations_name_their_entry_as_the_bibliography_labels_it(docname):
+    """A citation reads "[Godey et al., 2024b]" or "Godey et al. [2024b]", exactly the label of the entry it links."""
+    labels = bibliography_labels()
+    for link in page(docname).select('a.reference.internal[href*="bibliography.html#"]'):
+        label = labels[link["href"].rsplit("#", 1)[1]]
+        text = " ".join(link.get_text().split())
+        if text != label:  # a textual citation links its year only, after the authors
+            assert text == label.rsplit(", ", 1)[1], f"{docname}: citation {text!r} of the entry labelled {label!r}"
+            before = " ".join(link.find_parent(class_="bibtex-citation").get_text().split())
+            assert before.startswith(label.rsplit(", ", 1)[0]), f"{docname}: {before!r} cites {label!r}"
 
 
 def test_theory_chapter_numbers():
