@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -43,9 +44,13 @@ from satlib.training import CorpusBatches, ensure_trained
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    """An argument that must be an integer of at least 1 (argparse turns the error into one line, exit status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
 
 
@@ -100,9 +105,16 @@ def controlled(arguments: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the command, the problem, where help is), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m satlib``."""
-    main_parser = argparse.ArgumentParser(prog="python -m satlib", description=__doc__.split("\n\n")[0])
+    main_parser = OneLineParser(prog="python -m satlib", description=__doc__.split("\n\n")[0])
     main_parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     commands = main_parser.add_subparsers(dest="command", required=True)
     prepare_parser = commands.add_parser("prepare", help="corpus, tokenizers, suite, measurements, SmolLM2")

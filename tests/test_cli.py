@@ -1,0 +1,43 @@
+"""``python -m satlib``: a user's mistake at the command line is one line on stderr and exit status 2, before any work
+starts; the traceback only with ``--debug`` (issue 19, item 10)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def satlib_command(*arguments: str, cache: Path) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, SATLIB_CACHE_DIR=str(cache), SATLIB_DEBUG="0")
+    return subprocess.run([sys.executable, "-m", "satlib", *arguments], capture_output=True, text=True, cwd=ROOT,
+                          env=environment)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("prepare", "--jobs", "0"), "argument --jobs: must be an integer >= 1, got '0'"),
+        (("prepare", "--jobs", "two"), "argument --jobs: must be an integer >= 1, got 'two'"),
+        (("prepare", "--preset", "bogus"), "error: unknown preset 'bogus': use one of ['pythia', 'tiny']"),
+        (("controlled", "--grid", "huge"), "error: unknown grid 'huge': use one of ['cpu', 'gpu', 'live']"),
+        (("controlled", "--tokens", "-5"), "argument --tokens: must be an integer >= 1, got '-5'"),
+    ],
+)
+def test_a_mistake_is_one_line_and_exit_status_2_and_nothing_is_written(tmp_path, arguments, message):
+    result = satlib_command(*arguments, cache=tmp_path / "cache")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "cache").exists()  # stopped before any work
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = satlib_command("--debug", "prepare", "--preset", "bogus", cache=tmp_path / "cache")
+    assert result.returncode != 0 and "Traceback (most recent call last)" in result.stderr
+    assert "ConfigurationError: unknown preset 'bogus'" in result.stderr
