@@ -23,7 +23,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 
@@ -105,16 +104,9 @@ def controlled(arguments: argparse.Namespace) -> int:
     return 0
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (the command, the problem, where help is), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m satlib``."""
-    main_parser = OneLineParser(prog="python -m satlib", description=__doc__.split("\n\n")[0])
+    main_parser = build.OneLineParser(prog="python -m satlib", description=__doc__.split("\n\n")[0])
     main_parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     commands = main_parser.add_subparsers(dest="command", required=True)
     prepare_parser = commands.add_parser("prepare", help="corpus, tokenizers, suite, measurements, SmolLM2")
@@ -156,7 +148,8 @@ def guarded(command: Callable[[], int], debug: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m satlib``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("execute", "html"):  # the book's build parses its own options, one-line errors, --debug
+        return build.main(argv)
     arguments = parser().parse_args(argv)
-    if arguments.command in ("execute", "html"):  # the book's build has its own one-line errors and --debug
-        return arguments.run(arguments)
     return guarded(lambda: arguments.run(arguments), arguments.debug)

@@ -27,6 +27,7 @@ def satlib_command(*arguments: str, cache: Path) -> subprocess.CompletedProcess:
         (("prepare", "--preset", "bogus"), "error: unknown preset 'bogus': use one of ['pythia', 'tiny']"),
         (("controlled", "--grid", "huge"), "error: unknown grid 'huge': use one of ['cpu', 'gpu', 'live']"),
         (("controlled", "--tokens", "-5"), "argument --tokens: must be an integer >= 1, got '-5'"),
+        (("execute", "--jobs", "0"), "--jobs"),
     ],
 )
 def test_a_mistake_is_one_line_and_exit_status_2_and_nothing_is_written(tmp_path, arguments, message):

@@ -101,3 +101,12 @@ def test_notebook_starts_with_the_colab_install_cell(path):
         f"{path.name}: the first code cell must be satlib.book.colab_install_cell() exactly, which is:\n"
         f"{colab_install_cell()}\n--- it is:\n{source}"
     )
+
+
+def test_the_cache_key_names_files_that_exist():
+    """A key over a file that was renamed away would stop following the code that builds the cached suite."""
+    text = (ROOT / ".github" / "workflows" / "book.yml").read_text()
+    patterns = [p for key in re.findall(r"hashFiles\(([^)]*)\)", text) for p in re.findall(r"'([^']+)'", key)]
+    assert patterns, "no cache key found"
+    missing = [pattern for pattern in patterns if not list(ROOT.glob(pattern))]
+    assert not missing, f"the workflow's cache key names files that do not exist: {missing}"

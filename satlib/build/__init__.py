@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
@@ -197,7 +198,7 @@ def _positive(kind: type) -> object:
     def parse(text: str) -> object:
         value = kind(text)
         if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
         return value
 
     return parse
@@ -240,10 +241,17 @@ def execute(
     return 1 if any(r.error for r in results) else 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the command, the problem, where help is), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m satlib execute [NOTEBOOK ...] [--jobs 2] [--timeout 1200] [--parameters
     FILE] [--out DIR] [--logs DIR]`` and ``python -m satlib html [--parameters FILE]``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m satlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", choices=["execute", "html"])
