@@ -65,7 +65,7 @@ def test_book_workflow_builds_tests_tags_and_publishes_on_every_push_to_main():
     assert runs.index("make book") < runs.index("make test")
     cache = next(step for step in steps(build) if step.get("uses", "").startswith("actions/cache@"))
     assert all(path.startswith(".cache/") for path in cache["with"]["path"].split())
-    assert "hashFiles(" in cache["with"]["key"] and "satlib/suite.py" in cache["with"]["key"]
+    assert "hashFiles(" in cache["with"]["key"] and "satlib/training.py" in cache["with"]["key"]
     tagging = next(run for run in runs if "git tag" in run)
     assert "satlib.__version__" in tagging and 'tag="v${version}"' in tagging and "git ls-remote" in tagging
     assert build["permissions"]["contents"] == "write"
