@@ -48,7 +48,7 @@ def evaluation_degradation(
             "best step": best_step,
             "best": best,
             "final": final,
-            "final / best": final / best if lower_is_better else best / final,
+            "degradation": final / best if lower_is_better else best / final,
         }
     )
 

@@ -125,3 +125,16 @@ def test_shape_comparison_trains_each_shape_and_seed_once_and_reuses_the_suite(t
     assert {"tokens_per_parameter", "last_anisotropy", "singular_entropy"} <= set(table.columns)
     monkeypatch.setattr(training, "_train", lambda *args, **kwargs: pytest.fail("trained again"))
     pd.testing.assert_frame_equal(shapes.shape_comparison(((16, 2), (8, 3)), seeds=(0, 1), base=base), table)
+
+
+def test_evaluation_degradation_on_known_curves():
+    """Perplexity (lower is better) and accuracy (higher is better) curves whose best and final values are known."""
+    steps = [1000, 20000, 80000, 143000]
+    ppl = pd.DataFrame({"small": [90.0, 30.0, 24.0, 36.0], "large": [50.0, 10.0, 6.0, 5.0]}, index=steps)
+    table = saturation.evaluation_degradation(ppl, lower_is_better=True, from_step=20000)
+    assert table.loc["small", "best step"] == 80000 and table.loc["small", "degradation"] == pytest.approx(1.5)
+    assert table.loc["large", "degradation"] == pytest.approx(1.0) and table.loc["large", "best"] == 5.0
+    accuracy = pd.DataFrame({"small": [0.1, 0.4, 0.5, 0.25]}, index=steps)
+    falling = saturation.evaluation_degradation(accuracy, lower_is_better=False, from_step=20000)
+    assert falling.loc["small", "degradation"] == pytest.approx(2.0) and falling.loc["small", "final"] == 0.25
+    assert saturation.evaluation_degradation(ppl, True, from_step=100000).loc["small", "best step"] == 143000
