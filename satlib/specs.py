@@ -180,8 +180,9 @@ class HeadTraining:
 class HeadExperiment:
     """New rank-constrained heads on one frozen backbone (paper §5.1, Figures 6, 8 and 9).
 
-    Heads train on ``train_tokens`` hidden states; the learning rate of each (rank, seed) is the one with the lowest
-    loss on a validation sample, and the loss reported is on a separate test sample of the same size.
+    Heads train on ``train_tokens`` hidden states; the learning rate of each rank is the one with the lowest loss on
+    a validation sample for the first seed (the other seeds train at it), and the loss reported is on a separate
+    test sample of the same size.
 
     Attributes:
         model: a registry name (:mod:`satlib.models`); ``step`` None = its last checkpoint.
@@ -236,7 +237,7 @@ class MixtureExperiment:
             every k-th window, so that they still cover the whole split).
         rank_contexts: validation contexts on which the log-probability matrix's rank is measured (default
             2 (d + 1): more than the linear head's bound, so that the bound shows).
-        seeds: seeds of every head.
+        seeds: seeds of every head (the rates are searched with the first; the others train at its choice).
     """
 
     backbone: HeadExperiment

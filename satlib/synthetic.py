@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -354,9 +354,9 @@ class SyntheticLanguage:
 
     # ---------------------------------------------------------------- the bottleneck floor
 
-    @cached_property
+    @property
     def _floors(self) -> BottleneckFloors:
-        return BottleneckFloors(self._log_probs, self._probs, self._stationary, self.rank)
+        return _floors_of(self)  # shared by equal languages: a world rebuilt from its parameters refits nothing
 
     def best_rank_fit(self, d: int) -> BottleneckFit:
         """The best width-d log-linear model of the language (``BottleneckFloors.best_rank_fit`` of
@@ -370,3 +370,9 @@ class SyntheticLanguage:
     def floor_table(self, widths: list[int]) -> pd.DataFrame:
         """The bottleneck floor for each width (:meth:`satlib.bottleneck.BottleneckFloors.floor_table`)."""
         return self._floors.floor_table(widths)
+
+
+@cache
+def _floors_of(language: SyntheticLanguage) -> BottleneckFloors:
+    """The floors of a language (its fits are cached inside), one object per distinct language."""
+    return BottleneckFloors(language._log_probs, language._probs, language._stationary, language.rank)

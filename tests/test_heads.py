@@ -162,12 +162,19 @@ def test_pythia_preset_head_experiment_on_a_local_copy(tmp_path, monkeypatch):
         monkeypatch.setattr(head_features, "backbone_features", lambda *args, **kwargs: pytest.fail("features again"))
         monkeypatch.setattr(heads.experiments, "search_learning_rate", lambda *a, **k: pytest.fail("trained again"))
         pd.testing.assert_frame_equal(heads.rank_constrained_heads(preset), table)
-        other = dataclasses.replace(preset.head_experiments[0], ranks=(4,))  # a new grid: same features, no recompute
+        # a new grid with two seeds: the same features, no recompute
+        other = dataclasses.replace(preset.head_experiments[0], ranks=(4,), seeds=(0, 1))
         monkeypatch.undo()
         monkeypatch.setattr(head_features, "backbone_features", lambda *args, **kwargs: pytest.fail("features again"))
         monkeypatch.setenv(config.HUB_MIRROR_ENV, str(tmp_path))
         monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "cache"))
-        assert heads.run_rank_experiment(other, preset)["rank"].tolist()[0] == 4
+        seeded = heads.run_rank_experiment(other, preset)
+        assert seeded["rank"].tolist()[0] == 4
+        first, second = (seeded[seeded.seed == seed] for seed in (0, 1))
+        assert len(first) >= 2 and first.tuned.all() and first.chosen.sum() == 1  # the rates searched with seed 0
+        assert len(second) == 1 and not second.tuned.any() and second.chosen.all()  # seed 1 trains at its choice
+        assert second.learning_rate.item() == first.learning_rate[first.chosen].item()
+        assert heads.rank_summary(seeded).set_index("rank").loc[4, ["seeds", "choices"]].tolist() == [2, 1]
     finally:
         presets.setup("tiny")
 

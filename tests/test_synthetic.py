@@ -269,3 +269,10 @@ def test_bad_input_is_a_one_line_configuration_error(call, match):
     with pytest.raises(ConfigurationError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_equal_languages_share_their_fitted_floors():
+    """A world rebuilt from the same parameters (a chapter's exercise) refits nothing; another world has its own."""
+    first, again = SyntheticLanguage(64, 4, 1.0, 3), SyntheticLanguage(64, 4, 1.0, 3)
+    assert first is not again and first.best_rank_fit(2) is again.best_rank_fit(2)
+    assert SyntheticLanguage(64, 4, 0.0, 3).best_rank_fit(2) is not first.best_rank_fit(2)
