@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -324,14 +324,26 @@ def ensure_trained(runs: list[tuple[SuiteSpec, int, BatchSource]], jobs: int = 1
         if status.startswith("damaged"):
             print(f"training: {spec.model_name(width)} is {status}: retraining it", flush=True)
     unique = list({(spec, width, data.identity): (spec, width, data) for spec, width, data in todo}.values())
+    if unique:  # one line per model in logs, where progress bars are off
+        print(f"training: {len(unique)} of {len(runs)} models, {min(jobs, len(unique))} at a time", flush=True)
+    started = time.perf_counter()
+
+    def done(index: int, run: tuple[SuiteSpec, int, BatchSource]) -> None:
+        spec, width, _ = run
+        print(f"training: {spec.model_name(width)} (seed {spec.seed}, {spec.steps} steps) done, {index} of "
+              f"{len(unique)}, {time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+
     if jobs <= 1 or len(unique) <= 1:
-        for spec, width, data in unique:
+        for index, (spec, width, data) in enumerate(unique, 1):
             train_model(spec, width, data, device=device)
+            done(index, (spec, width, data))
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            for future in [pool.submit(_train_in_worker, *run, device) for run in unique]:
+            futures = {pool.submit(_train_in_worker, *run, device): run for run in unique}
+            for index, future in enumerate(as_completed(futures), 1):
                 future.result()
+                done(index, futures[future])
     return before
 
 
