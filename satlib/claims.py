@@ -298,7 +298,9 @@ _CLAIMS = [
         "Does a more expressive head (a Mixture of Softmaxes) beat a linear one on the book's backbones?",
         "the paper suggests more expressive heads (§6) without testing them",
         "Three seeds per head; a head helps or hurts only when its mean test loss differs from the linear head's by "
-        "more than the seed-to-seed spread and every seed agrees (satlib.claims.compare).",
+        "more than the seed-to-seed spread and every seed agrees (satlib.verdicts.compare); a mixture's gain is "
+        "credited to mixing only when it also beats, in the same way, its control: the same extra layer with one "
+        "component, which adds parameters but cannot lift the rank bound.",
         beyond_paper=True,
     ),
     ClaimSpec(
@@ -308,7 +310,7 @@ _CLAIMS = [
         "At one parameter budget, does a wider, shallower model do better than a narrower, deeper one?",
         "the paper calls shallower, wider small models an unpromising direction (§6)",
         "Three seeds per shape; a difference in final held-out loss counts only when it exceeds the seed-to-seed "
-        "spread and every seed agrees (satlib.claims.compare).",
+        "spread and every seed agrees (satlib.verdicts.compare).",
         beyond_paper=True,
     ),
 ]

@@ -304,7 +304,9 @@ def test_mixture_comparison_on_a_local_pythia_copy(tmp_path, monkeypatch):
             assert chosen.loc["linear", "rank"] == chosen.loc["own head", "rank"] == 17  # d + 1 for d = 16
             assert (chosen.rank_contexts == 34).all() and chosen.test_loss.lt(np.log(4096) + 1).all()
         scratch = table[table.comparison.str.endswith("scratch")]
-        assert len(scratch) == 4 * 3 * 2 + 1  # four heads x three rates x two seeds, and the own head
+        # Four heads x three rates for the first seed, which searches the rate; the second trains at its choice.
+        assert len(scratch) == 4 * 3 + 4 + 1  # and the own head
+        assert (scratch[scratch.seed == 1].chosen).all()
         assert "residual control (K=1)" in set(table["head"])
         summary = heads.mixture_summary(table)
         assert set(summary.versus_linear) <= {"", "lower", "higher", "no clear difference"}
@@ -348,3 +350,32 @@ def test_thin_windows_keeps_whole_windows_spread_over_the_sample():
     assert mixture_heads.thin_windows(features, targets, context=4, tokens=40)[1] is targets
     experiment = specs.MixtureExperiment(presets.TINY_HEADS, 4, (0.01,), train_tokens=10**9)
     assert experiment.tokens == presets.TINY_HEADS.train_tokens  # never more than the backbone's
+
+
+def _mixture_runs(mixture: list[float], control: list[float], linear: list[float]) -> pd.DataFrame:
+    """A made-up fine-tuning comparison: chosen runs of a linear head, its K=1 control and a K=2 mixture."""
+    rows = [{"head": head, "seed": seed, "test_loss": loss}
+            for head, losses in (("linear", linear), ("residual control (K=1)", control), ("MoS K=2", mixture))
+            for seed, loss in enumerate(losses)]  # fmt: skip
+    rows.append({"head": "own head", "seed": -1, "test_loss": 4.0})
+    table = pd.DataFrame(rows)
+    return table.assign(comparison="toy, fine-tuned", chosen=True, parameters=10, multiply_adds=10,
+                        seconds_per_token=1.0, rank=3, rank_contexts=9, dimension_99=2, at_edge=False)  # fmt: skip
+
+
+def test_a_mixture_is_credited_only_when_it_beats_its_control_as_well_as_the_linear_head():
+    linear = [3.40, 3.41, 3.39]
+    # Mixture and control both beat the linear head by about 0.04; mixing itself adds nothing beyond the spread.
+    summary = heads.mixture_summary(_mixture_runs([3.357, 3.366, 3.349], [3.358, 3.365, 3.350], linear))
+    mos = summary.set_index("head").loc["MoS K=2"]
+    assert mos.versus_linear == "lower" and mos.control == "residual control (K=1)"
+    assert mos.versus_control == "no clear difference" and mos.difference_to_control == pytest.approx(-1 / 3000)
+    claim = heads.experiments.mixture_claim(summary)
+    assert claim.verdict.endswith("MoS beats its control in no comparison")
+    assert not claim.caveats  # three seeds each; the own head is one run
+    assert "helps (-0.043 nats against linear; no clear difference against the residual control" in claim.book_value
+    # A mixture that beats its control on every seed by more than the spread is credited.
+    summary = heads.mixture_summary(_mixture_runs([3.30, 3.31, 3.29], [3.358, 3.365, 3.350], linear))
+    claim = heads.experiments.mixture_claim(summary)
+    assert claim.verdict.endswith("MoS helps beyond its control in MoS K=2 on toy, fine-tuned")
+    assert np.isnan(summary.set_index("head").loc["linear", "difference_to_control"])

@@ -242,22 +242,33 @@ def expressive_heads(preset: str | Preset = "tiny", device: str = "cpu", dtype: 
     )
 
 
+#: The control heads of a mixture comparison end with this: one component, the mixture's extra layer without mixing.
+CONTROL_SUFFIX = "(K=1)"
+
+
+def _paired(heads: pd.DataFrame, baseline: pd.DataFrame):
+    """:func:`satlib.verdicts.compare` of two heads' test losses (indexed by seed) on the seeds they share."""
+    shared = [seed for seed in heads.index if seed in baseline.index]
+    return compare(heads.test_loss[shared], baseline.test_loss[shared])
+
+
 def mixture_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """Per comparison and head, over seeds: test loss (mean, spread, seeds), the paired comparison with the linear
-    head (:func:`satlib.claims.compare`), and parameters, multiply-adds and CPU time relative to the linear head."""
+    head and, for a mixture, with its one-component control (the extra layer without mixing; head names ending in
+    :data:`CONTROL_SUFFIX`) by :func:`satlib.verdicts.compare`, and parameters, multiply-adds and CPU time relative
+    to the linear head."""
     rows = []
     for comparison, group in runs.groupby("comparison", sort=False):
         chosen = group[group.chosen]
         linear = chosen[chosen["head"] == "linear"].set_index("seed")
+        controls = [label for label in dict.fromkeys(chosen["head"]) if label.endswith(CONTROL_SUFFIX)]
+        control = chosen[chosen["head"] == controls[0]].set_index("seed") if controls else None
         for label, by_head in chosen.groupby("head", sort=False):
             by_seed = by_head.set_index("seed")
             first = by_head.sort_values("seed").iloc[-1 if label == "own head" else 0]
-            shared = [s for s in by_seed.index if s in linear.index]
-            versus = (
-                compare(by_seed.test_loss[shared], linear.test_loss[shared])
-                if label not in ("linear", "own head")
-                else None
-            )
+            versus = _paired(by_seed, linear) if label not in ("linear", "own head") else None
+            mixture = label.startswith("MoS") and control is not None
+            versus_control = _paired(by_seed, control) if mixture else None
             rows.append(
                 {
                     "comparison": comparison,
@@ -267,6 +278,9 @@ def mixture_summary(runs: pd.DataFrame) -> pd.DataFrame:
                     "test_loss_spread": float(np.ptp(by_head.test_loss)),
                     "difference_to_linear": versus.difference if versus else float("nan"),
                     "versus_linear": versus.direction if versus else "",
+                    "control": controls[0] if mixture else "",
+                    "difference_to_control": versus_control.difference if versus_control else float("nan"),
+                    "versus_control": versus_control.direction if versus_control else "",
                     "parameters_vs_linear": float(first.parameters / linear.parameters.iloc[0]),
                     "multiply_adds_vs_linear": float(first.multiply_adds / linear.multiply_adds.iloc[0]),
                     "seconds_vs_linear": float(first.seconds_per_token / linear.seconds_per_token.dropna().iloc[0]),
@@ -348,18 +362,27 @@ def rank_claims(summary: pd.DataFrame, model: str, paper_relative: dict[int, flo
 def mixture_claim(summary: pd.DataFrame) -> Claim:
     """The ledger record of the book's mixture comparisons (:func:`mixture_summary`): in each comparison, does a
     Mixture of Softmaxes beat the linear head beyond the seed-to-seed spread?"""
-    findings, caveats = [], []
+    words = {"lower": "helps", "higher": "hurts"}
+    findings, caveats, helps = [], [], []
     for comparison, group in summary.groupby("comparison", sort=False):
         mixtures = group[group["head"].str.startswith("MoS")]
         for row in mixtures.itertuples():
-            word = {"lower": "helps", "higher": "hurts"}.get(row.versus_linear, "no clear difference")
-            findings.append(f"{row.head} on {comparison}: {word} ({row.difference_to_linear:+.3f} nats)")
-        if int(group.seeds.min()) < 2:
+            word = words.get(row.versus_linear, "no clear difference")
+            finding = f"{row.head} on {comparison}: {word} ({row.difference_to_linear:+.3f} nats against linear"
+            if row.control:
+                against = words.get(row.versus_control, "no clear difference")
+                finding += f"; {against} against the {row.control}, {row.difference_to_control:+.3f}"
+            findings.append(finding + ")")
+            # Mixing is credited only when it beats both the linear head and its own extra layer without mixing.
+            if row.versus_linear == "lower" and (not row.control or row.versus_control == "lower"):
+                helps.append(f"{row.head} on {comparison}")
+        if int(group[group["head"] != "own head"].seeds.min()) < 2:  # the untrained own head is one run, not a seed
             caveats.append(f"{comparison}: one seed")
         if int(group.at_edge.sum()):
             caveats.append(f"{comparison}: {int(group.at_edge.sum())} chosen rates at a grid edge")
-    helps = [f for f in findings if ": helps" in f]
-    finding = "MoS helps in " + "; ".join(helps) if helps else "MoS helps in no comparison"
+    finding = (
+        "MoS helps beyond its control in " + "; ".join(helps) if helps else "MoS beats its control in no comparison"
+    )
     return CLAIMS["x-mixture-of-softmaxes"].judge(
         finding, "; ".join(findings), "this book's heads on frozen backbones, test losses over seeds", caveats
     )
