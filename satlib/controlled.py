@@ -35,7 +35,7 @@ from satlib.config import cache_dir
 from satlib.errors import ConfigurationError, MissingArtefactError
 from satlib.long_run import git_commit
 from satlib.models import suite_group
-from satlib.saturation import derived_columns
+from satlib.saturation import after_minimum, derived_columns
 from satlib.specs import SCHEDULES, SuiteSpec
 from satlib.storage import digest, read_json, write_json
 from satlib.sweep import measure_trained
@@ -268,17 +268,14 @@ def verdicts(table: pd.DataFrame, jump: float = 0.2) -> pd.DataFrame:
     rows = {}
     for label, group in table.groupby("student", sort=False):
         group = group.sort_values("step").reset_index(drop=True)
-        best = int(group.heldout_loss.idxmin())
-        after = group.iloc[best:]
-        rise = float(group.heldout_loss.iloc[-1] - group.heldout_loss.iloc[best])
+        best, rise, anisotropy_jumped, entropy_jumped = after_minimum(group, jump)
         rows[label] = {
             "width": int(group.width.iloc[0]), "tokens per parameter": float(group.tokens_per_parameter.iloc[-1]),
             "lowest loss at step": int(group.step.iloc[best]), "last step": int(group.step.iloc[-1]),
             "rise after minimum": rise, "saturated": bool(rise > SATURATION_RISE),
             "final gap to floor": float(group.gap_to_floor.iloc[-1]),
             "final gap to entropy": float(group.gap_to_entropy.iloc[-1]),
-            "anisotropy jumped": bool(after.last_anisotropy.max() > (1 + jump) * after.last_anisotropy.iloc[0]),
-            "singular entropy jumped": bool(after.singular_entropy.max() > (1 + jump) * after.singular_entropy.iloc[0]),
+            "anisotropy jumped": anisotropy_jumped, "singular entropy jumped": entropy_jumped,
         }  # fmt: skip
     return pd.DataFrame.from_dict(rows, orient="index")
 

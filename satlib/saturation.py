@@ -12,6 +12,8 @@ trains or loads a model. Each claim of §3 is judged here by the criterion :mod:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -211,6 +213,30 @@ def derived_columns(table: pd.DataFrame, power: float = SINGULAR_ENTROPY_POWER) 
     )
 
 
+class AfterMinimum(NamedTuple):
+    """What one run's checkpoints did after its lowest held-out loss (see :func:`after_minimum`)."""
+
+    best: int  #: row of the lowest held-out loss, in step order
+    rise: float  #: last held-out loss minus the lowest (nats)
+    anisotropy_jumped: bool  #: last-layer anisotropy later exceeded its value at the minimum by ``jump`` (relative)
+    entropy_jumped: bool  #: singular entropy did the same
+
+
+def after_minimum(run: pd.DataFrame, jump: float) -> AfterMinimum:
+    """The held-out loss's rise after its minimum, and whether anisotropy and singular entropy jumped after it, for
+    one run's checkpoints sorted by step (columns ``heldout_loss``, ``last_anisotropy``, ``singular_entropy``;
+    paper §3 and §4)."""
+    losses = run.heldout_loss.to_numpy()
+    best = int(np.argmin(losses))
+    after = run.iloc[best:]
+    return AfterMinimum(
+        best,
+        float(losses[-1] - losses[best]),
+        bool(after.last_anisotropy.max() > (1 + jump) * after.last_anisotropy.iloc[0]),
+        bool(after.singular_entropy.max() > (1 + jump) * after.singular_entropy.iloc[0]),
+    )
+
+
 def saturation_verdict(table: pd.DataFrame, tolerance: float = SATURATION_RISE, jump: float = 0.2) -> pd.DataFrame:
     """Did each run saturate? One row per run, computed from its checkpoints (paper §3 and §4).
 
@@ -228,9 +254,7 @@ def saturation_verdict(table: pd.DataFrame, tolerance: float = SATURATION_RISE, 
     rows = {}
     for run_name, group in table.groupby("run", sort=False):
         group = group.sort_values("step").reset_index(drop=True)
-        best = int(group.heldout_loss.idxmin())
-        after = group.iloc[best:]
-        rise = float(group.heldout_loss.iloc[-1] - group.heldout_loss.iloc[best])
+        best, rise, anisotropy_jumped, entropy_jumped = after_minimum(group, jump)
         train_fell = bool(group.train_loss.iloc[-1] < group.train_loss.iloc[best] - tolerance)
         rows[run_name] = {
             "tokens per parameter": float(group.tokens_per_parameter.iloc[-1]),
@@ -242,10 +266,8 @@ def saturation_verdict(table: pd.DataFrame, tolerance: float = SATURATION_RISE, 
             "saturated": bool(rise > tolerance and not train_fell),
             "overfitting": bool(rise > tolerance and train_fell),
             "final anisotropy": float(group.last_anisotropy.iloc[-1]),
-            "anisotropy jumped": bool(after.last_anisotropy.max() > (1 + jump) * group.last_anisotropy.iloc[best]),
-            "singular entropy jumped": bool(
-                after.singular_entropy.max() > (1 + jump) * group.singular_entropy.iloc[best]
-            ),
+            "anisotropy jumped": anisotropy_jumped,
+            "singular entropy jumped": entropy_jumped,
         }
     return pd.DataFrame.from_dict(rows, orient="index")
 

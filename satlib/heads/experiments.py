@@ -100,19 +100,8 @@ def run_rank_experiment(
     truncated = {r: evaluate_head(LowRankHead.from_head(data.head, r), data.test)[0] for r in experiment.ranks}
     runs_table["truncated_loss"] = runs_table["rank"].map(truncated)
     runs_table["original"] = False
-    own_loss, own_accuracy = evaluate_head(data.head, data.test)
-    own = {
-        "rank": width,
-        "seed": -1,
-        "learning_rate": float("nan"),
-        "validation_loss": float("nan"),
-        "test_loss": own_loss,
-        "test_accuracy": own_accuracy,
-        "chosen": True,
-        "at_edge": False,
-        "truncated_loss": own_loss,
-        "original": True,
-    }
+    own = _own_head_row(data.head, data) | {"rank": width, "original": True}
+    own["truncated_loss"] = own["test_loss"]
     runs_table = pd.concat([runs_table, pd.DataFrame([own])], ignore_index=True)
     runs_table["w_error"] = [w_error(sigma, min(int(r), sigma.size)) for r in runs_table["rank"]]
     runs_table = runs_table.assign(model=experiment.model, width=width)
@@ -196,16 +185,8 @@ def run_mixture_experiment(
                 table = table.assign(**_head_shape(head, contexts, data.validation[0], vocab_size, table.chosen))
             tables.append(table)
     own = MixtureOfSoftmaxes.from_head(data.head, 1)  # the linear head itself, measured alike
-    own_loss, own_accuracy = evaluate_head(own, data.test)
-    own_row = {
+    own_row = _own_head_row(own, data) | {
         "head": "own head",
-        "seed": -1,
-        "learning_rate": float("nan"),
-        "validation_loss": float("nan"),
-        "test_loss": own_loss,
-        "test_accuracy": own_accuracy,
-        "chosen": True,
-        "at_edge": False,
         "parameters": parameter_count(own),
         "multiply_adds": own.multiply_adds(),
         **_head_shape(own, contexts, data.validation[0], vocab_size, None),
@@ -244,6 +225,13 @@ def expressive_heads(preset: str | Preset = "tiny", device: str = "cpu", dtype: 
 
 #: The control heads of a mixture comparison end with this: one component, the mixture's extra layer without mixing.
 CONTROL_SUFFIX = "(K=1)"
+
+
+def _own_head_row(head: torch.Tensor | torch.nn.Module, data: HeadData) -> dict:
+    """The backbone's own head, untrained, as one run of a head table (seed -1, no learning rate, always chosen)."""
+    test_loss, test_accuracy = evaluate_head(head, data.test)
+    return {"seed": -1, "learning_rate": float("nan"), "validation_loss": float("nan"), "test_loss": test_loss,
+            "test_accuracy": test_accuracy, "chosen": True, "at_edge": False}  # fmt: skip
 
 
 def _paired(heads: pd.DataFrame, baseline: pd.DataFrame):
