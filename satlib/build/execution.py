@@ -238,14 +238,15 @@ def _failing_cell_of(path: Path) -> str | None:
         return None
 
 
-#: Chapters that train heads for minutes on first run: started first (side by side with the default two workers),
-#: so that the short chapters fill in after the first of them ends instead of leaving a worker idle at the end.
-HEAVY_FIRST = ("04_rank_constrained_heads", "07_discussion")
+#: Chapters that train for minutes on first run, longest first: started first (side by side with the default two
+#: workers), so that the short chapters fill in at the end instead of one worker waiting for a long one.
+HEAVY_FIRST = ("07_discussion", "04_rank_constrained_heads", "08_controlled_saturation")
 
 
 def execution_order(notebook: Path) -> tuple[int, str]:
-    """Sort key: the chapters of :data:`HEAVY_FIRST` first, then by name."""
-    return (0 if notebook.stem in HEAVY_FIRST else 1, notebook.name)
+    """Sort key: the chapters of :data:`HEAVY_FIRST` first, in its order, then by name."""
+    heavy = HEAVY_FIRST.index(notebook.stem) if notebook.stem in HEAVY_FIRST else len(HEAVY_FIRST)
+    return (heavy, notebook.name)
 
 
 def execute_all(
