@@ -93,6 +93,24 @@ def use_style() -> None:
     )
 
 
+def legend_below(fig: Any, *handles_labels: Any, ncols: int = 2, **kwargs: Any) -> Any:
+    """The figure's legend under its axes, in at most ``ncols`` columns: fewer when the legend would be wider than
+    the figure, which would widen the saved image and shrink every figure's text on the page (issue 18).
+
+    Args:
+        fig: a matplotlib figure with constrained layout (the book's style).
+        handles_labels: optional ``(handles, labels)``, as :meth:`matplotlib.figure.Figure.legend` takes them.
+        ncols: the most columns; kwargs go to ``fig.legend`` (``fontsize``, ``title``...).
+    """
+    renderer = fig.canvas.get_renderer()
+    for columns in range(ncols, 0, -1):
+        legend = fig.legend(*handles_labels, loc="outside lower center", ncols=columns, **kwargs)
+        if columns == 1 or legend.get_window_extent(renderer).width <= fig.bbox.width:
+            return legend
+        legend.remove()
+    raise ValueError(f"ncols must be at least 1, got {ncols}")
+
+
 def glued_values(executed_notebook: Any) -> dict[str, Any]:
     """The values a notebook glued, keyed by glue name.
 

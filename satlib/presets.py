@@ -250,11 +250,12 @@ def setup(preset: str | Preset = "tiny", seed: int = 0, settings: dict | None = 
     Call it once, right after the parameters cell. Under an offline preset the Hugging Face libraries are told to
     stay offline and any connection to a non-loopback address raises :class:`satlib.network.NetworkBlockedError`.
     """
-    chosen = with_settings(get_preset(preset), settings)
-    seed_everything(seed)
     # Libraries import tqdm.auto, which warns in notebooks without ipywidgets; the book shows no progress bars.
+    # (satlib's __init__ sets the same filter at import; a kernel may have reset the filters since.)
     warnings.filterwarnings("ignore", message="IProgress not found")
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    chosen = with_settings(get_preset(preset), settings)
+    seed_everything(seed)
     if chosen.offline:
         os.environ.update(HF_OFFLINE_VARIABLES)
         block_network(True)

@@ -7,10 +7,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import pytest
 import yaml
 from bs4 import BeautifulSoup
 
+from satlib import book
 from satlib.book import glued_values
 from satlib.claims import CLAIMS
 from satlib.config import REPOSITORY_URL
@@ -267,3 +270,16 @@ def test_every_chapter_has_exercises_with_hidden_solutions():
         assert len(solutions) == len(exercises)
         assert all("dropdown" in s.get("class", []) for s in solutions), f"{source.stem}: solutions not hidden"
     assert "What each exercise teaches" in page("book/instructors").get_text()
+
+
+def test_legend_below_uses_fewer_columns_only_when_the_legend_would_be_wider_than_the_figure():
+    matplotlib.use("Agg")
+    book.use_style()
+    for label_length, expected in ((4, 3), (60, 1)):
+        fig, ax = plt.subplots()
+        for index in range(3):
+            ax.plot([0, 1], [index, index], label=f"{index}" * label_length)
+        legend = book.legend_below(fig, ncols=3, fontsize=7.5)
+        assert legend._ncols == expected and len(fig.legends) == 1
+        assert legend.get_window_extent(fig.canvas.get_renderer()).width <= fig.bbox.width or expected == 1
+        plt.close(fig)
