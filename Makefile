@@ -45,7 +45,7 @@ long-run: setup
 
 # The controlled test of the mechanism (chapter 08): students trained on a synthetic language of known rank, far past
 # saturation, measured at every checkpoint; rewrites satlib/data_files/snapshots/controlled-$(GRID).json. GRID=cpu
-# (default, about an hour and a quarter on 2 idle cores) or GRID=gpu (on a GPU machine). Never part of `make book`.
+# (default, about an hour on 2 cores) or GRID=gpu (on a GPU machine). Never part of `make book`.
 GRID ?= cpu
 controlled: setup
 	$(BIN)/python -m satlib controlled --grid $(GRID) --jobs $(JOBS)
