@@ -359,8 +359,9 @@ def _mixture_runs(mixture: list[float], control: list[float], linear: list[float
             for seed, loss in enumerate(losses)]  # fmt: skip
     rows.append({"head": "own head", "seed": -1, "test_loss": 4.0})
     table = pd.DataFrame(rows)
-    return table.assign(comparison="toy, fine-tuned", chosen=True, parameters=10, multiply_adds=10,
-                        seconds_per_token=1.0, rank=3, rank_contexts=9, dimension_99=2, at_edge=False)  # fmt: skip
+    return table.assign(comparison="smollm2-135m, fine-tuned", model="smollm2-135m", chosen=True, parameters=10,
+                        multiply_adds=10, seconds_per_token=1.0, rank=3, rank_contexts=9, dimension_99=2,
+                        at_edge=False)  # fmt: skip
 
 
 def test_a_mixture_is_credited_only_when_it_beats_its_control_as_well_as_the_linear_head():
@@ -377,5 +378,5 @@ def test_a_mixture_is_credited_only_when_it_beats_its_control_as_well_as_the_lin
     # A mixture that beats its control on every seed by more than the spread is credited.
     summary = heads.mixture_summary(_mixture_runs([3.30, 3.31, 3.29], [3.358, 3.365, 3.350], linear))
     claim = heads.experiments.mixture_claim(summary)
-    assert claim.verdict.endswith("MoS helps beyond its control in MoS K=2 on toy, fine-tuned")
+    assert claim.verdict.endswith("MoS helps beyond its control in MoS K=2 on SmolLM2-135M, fine-tuned")
     assert np.isnan(summary.set_index("head").loc["linear", "difference_to_control"])

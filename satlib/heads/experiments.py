@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from satlib.book import display_name
 from satlib.claims import CLAIMS
 from satlib.config import cache_dir
 from satlib.heads.features import HeadData, experiment_data
@@ -260,6 +261,7 @@ def mixture_summary(runs: pd.DataFrame) -> pd.DataFrame:
             rows.append(
                 {
                     "comparison": comparison,
+                    "model": str(group.model.iloc[0]),
                     "head": label,
                     "seeds": len(by_head),
                     "test_loss": float(by_head.test_loss.mean()),
@@ -354,6 +356,8 @@ def mixture_claim(summary: pd.DataFrame) -> Claim:
     findings, caveats, helps = [], [], []
     for comparison, group in summary.groupby("comparison", sort=False):
         mixtures = group[group["head"].str.startswith("MoS")]
+        model = str(group.model.iloc[0])
+        comparison = str(comparison).replace(model, display_name(model), 1)  # the book's spelling, SmolLM2-135M
         for row in mixtures.itertuples():
             word = words.get(row.versus_linear, "no clear difference")
             finding = f"{row.head} on {comparison}: {word} ({row.difference_to_linear:+.3f} nats against linear"
