@@ -37,7 +37,7 @@ from satlib.ngram import dimension_at
 from satlib.presets import Preset, get_preset
 from satlib.specs import HeadExperiment, MixtureExperiment
 from satlib.storage import digest, progress, read_json, write_json
-from satlib.verdicts import Claim, compare
+from satlib.verdicts import Claim, Comparison, compare
 
 #: The protocol of the seeds (a change of it must not reuse results cached under the previous one).
 PROTOCOL = "rate searched with the first seed, reused by the others"
@@ -235,7 +235,7 @@ def _own_head_row(head: torch.Tensor | torch.nn.Module, data: HeadData) -> dict:
             "test_accuracy": test_accuracy, "chosen": True, "at_edge": False}  # fmt: skip
 
 
-def _paired(heads: pd.DataFrame, baseline: pd.DataFrame):
+def _paired(heads: pd.DataFrame, baseline: pd.DataFrame) -> Comparison:
     """:func:`satlib.verdicts.compare` of two heads' test losses (indexed by seed) on the seeds they share."""
     shared = [seed for seed in heads.index if seed in baseline.index]
     return compare(heads.test_loss[shared], baseline.test_loss[shared])
