@@ -314,25 +314,16 @@ def _train_in_worker(spec: SuiteSpec, width: int, data: BatchSource, device: str
     return train_model(spec, width, data, device=device)
 
 
-def training_cost(spec: SuiteSpec, width: int) -> float:
-    """A rough count of multiply-adds to train one model (per token: 12 d^2 per layer for the weights, context x d per
-    layer for attention, V x d for the head; times the tokens seen). Only orders the work, longest first, so that
-    two workers finish close together; no result depends on it."""
-    per_token = spec.n_layers * (12 * width**2 + spec.context * width) + spec.vocab_size * width
-    return float(per_token * spec.steps * spec.batch_size * spec.context)
-
-
 def ensure_trained(runs: list[tuple[SuiteSpec, int, BatchSource]], jobs: int = 1, device: str = "cpu") -> list[str]:
     """Train every (suite, width, data) whose model is missing or damaged, ``jobs`` models at a time (one thread
-    each, in worker processes, on ``device``), the longest (:func:`training_cost`) first; complete models are only
-    checked. Returns each model's status before training, in the order of ``runs``."""
+    each, in worker processes, on ``device``); complete models are only checked. Returns each model's status before
+    training."""
     before = [model_status(spec, width, data) for spec, width, data in runs]
     todo = [run for run, status in zip(runs, before, strict=True) if status != "complete"]
     for (spec, width, _), status in zip(runs, before, strict=True):
         if status.startswith("damaged"):
             print(f"training: {spec.model_name(width)} is {status}: retraining it", flush=True)
     unique = list({(spec, width, data.identity): (spec, width, data) for spec, width, data in todo}.values())
-    unique.sort(key=lambda run: training_cost(run[0], run[1]), reverse=True)  # longest first: workers end together
     if unique:  # one line per model in logs, where progress bars are off
         print(f"training: {len(unique)} of {len(runs)} models, {min(jobs, len(unique))} at a time", flush=True)
     started = time.perf_counter()
