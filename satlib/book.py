@@ -102,10 +102,9 @@ def legend_below(fig: Any, *handles_labels: Any, ncols: int = 2, **kwargs: Any) 
         handles_labels: optional ``(handles, labels)``, as :meth:`matplotlib.figure.Figure.legend` takes them.
         ncols: the most columns; kwargs go to ``fig.legend`` (``fontsize``, ``title``...).
     """
-    renderer = fig.canvas.get_renderer()
     for columns in range(ncols, 0, -1):
         legend = fig.legend(*handles_labels, loc="outside lower center", ncols=columns, **kwargs)
-        if columns == 1 or legend.get_window_extent(renderer).width <= fig.bbox.width:
+        if columns == 1 or legend.get_window_extent().width <= fig.bbox.width:
             return legend
         legend.remove()
     raise ValueError(f"ncols must be at least 1, got {ncols}")

@@ -227,7 +227,7 @@ def after_minimum(run: pd.DataFrame, jump: float) -> AfterMinimum:
     one run's checkpoints sorted by step (columns ``heldout_loss``, ``last_anisotropy``, ``singular_entropy``;
     paper §3 and §4)."""
     losses = run.heldout_loss.to_numpy()
-    best = int(np.argmin(losses))
+    best = int(np.nanargmin(losses))  # a missing measurement (NaN) is never the minimum
     after = run.iloc[best:]
     return AfterMinimum(
         best,

@@ -310,6 +310,9 @@ def test_mixture_comparison_on_a_local_pythia_copy(tmp_path, monkeypatch):
         assert "residual control (K=1)" in set(table["head"])
         summary = heads.mixture_summary(table)
         assert set(summary.versus_linear) <= {"", "lower", "higher", "no clear difference"}
+        mixtures = summary[summary["head"].str.startswith("MoS")]
+        assert mixtures.control.str.endswith("(K=1)").all()  # every mixture is judged against its control
+        assert set(mixtures.versus_control) <= {"lower", "higher", "no clear difference"}
         monkeypatch.setattr(heads.experiments, "search_learning_rate", lambda *a, **k: pytest.fail("trained again"))
         pd.testing.assert_frame_equal(heads.expressive_heads(preset), table)
     finally:
@@ -372,7 +375,7 @@ def test_a_mixture_is_credited_only_when_it_beats_its_control_as_well_as_the_lin
     assert mos.versus_linear == "lower" and mos.control == "residual control (K=1)"
     assert mos.versus_control == "no clear difference" and mos.difference_to_control == pytest.approx(-1 / 3000)
     claim = heads.experiments.mixture_claim(summary)
-    assert claim.verdict.endswith("MoS beats its control in no comparison")
+    assert claim.verdict.endswith("MoS helps beyond its control in no comparison")
     assert not claim.caveats  # three seeds each; the own head is one run
     assert "helps (-0.043 nats against linear; no clear difference against the residual control" in claim.book_value
     # A mixture that beats its control on every seed by more than the spread is credited.
@@ -380,3 +383,8 @@ def test_a_mixture_is_credited_only_when_it_beats_its_control_as_well_as_the_lin
     claim = heads.experiments.mixture_claim(summary)
     assert claim.verdict.endswith("MoS helps beyond its control in MoS K=2 on SmolLM2-135M, fine-tuned")
     assert np.isnan(summary.set_index("head").loc["linear", "difference_to_control"])
+    # Without a control, beating the linear head alone credits nothing to mixing.
+    no_control = _mixture_runs([3.30, 3.31, 3.29], [3.358, 3.365, 3.350], linear)
+    no_control = no_control[no_control["head"] != "residual control (K=1)"]
+    claim = heads.experiments.mixture_claim(heads.mixture_summary(no_control))
+    assert claim.verdict.endswith("in no comparison") and "helps (-0.100 nats against linear)" in claim.book_value

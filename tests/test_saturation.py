@@ -138,3 +138,10 @@ def test_evaluation_degradation_on_known_curves():
     falling = saturation.evaluation_degradation(accuracy, lower_is_better=False, from_step=20000)
     assert falling.loc["small", "degradation"] == pytest.approx(2.0) and falling.loc["small", "final"] == 0.25
     assert saturation.evaluation_degradation(ppl, True, from_step=100000).loc["small", "best step"] == 143000
+
+
+def test_after_minimum_skips_missing_measurements():
+    run = pd.DataFrame({"heldout_loss": [np.nan, 3.0, 2.5, 2.6], "last_anisotropy": [0.1, 0.2, 0.2, 0.3],
+                        "singular_entropy": [1.0, 1.0, 1.0, 1.0]})  # fmt: skip
+    best, rise, anisotropy_jumped, entropy_jumped = saturation.after_minimum(run, jump=0.2)
+    assert best == 2 and rise == pytest.approx(0.1) and anisotropy_jumped and not entropy_jumped

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -228,7 +229,7 @@ def expressive_heads(preset: str | Preset = "tiny", device: str = "cpu", dtype: 
 CONTROL_SUFFIX = "(K=1)"
 
 
-def _own_head_row(head: torch.Tensor | torch.nn.Module, data: HeadData) -> dict:
+def _own_head_row(head: torch.Tensor | torch.nn.Module, data: HeadData) -> dict[str, Any]:
     """The backbone's own head, untrained, as one run of a head table (seed -1, no learning rate, always chosen)."""
     test_loss, test_accuracy = evaluate_head(head, data.test)
     return {"seed": -1, "learning_rate": float("nan"), "validation_loss": float("nan"), "test_loss": test_loss,
@@ -350,8 +351,9 @@ def rank_claims(summary: pd.DataFrame, model: str, paper_relative: dict[int, flo
 
 
 def mixture_claim(summary: pd.DataFrame) -> Claim:
-    """The ledger record of the book's mixture comparisons (:func:`mixture_summary`): in each comparison, does a
-    Mixture of Softmaxes beat the linear head beyond the seed-to-seed spread?"""
+    """The ledger record of the book's mixture comparisons (:func:`mixture_summary`, paper §6): in each comparison,
+    does a Mixture of Softmaxes beat the linear head and its one-component control beyond the seed-to-seed spread?
+    Mixing is credited only when both hold; a comparison without a control credits nothing."""
     words = {"lower": "helps", "higher": "hurts"}
     findings, caveats, helps = [], [], []
     for comparison, group in summary.groupby("comparison", sort=False):
@@ -366,15 +368,13 @@ def mixture_claim(summary: pd.DataFrame) -> Claim:
                 finding += f"; {against} against the {row.control}, {row.difference_to_control:+.3f}"
             findings.append(finding + ")")
             # Mixing is credited only when it beats both the linear head and its own extra layer without mixing.
-            if row.versus_linear == "lower" and (not row.control or row.versus_control == "lower"):
+            if row.versus_linear == "lower" and row.control and row.versus_control == "lower":
                 helps.append(f"{row.head} on {comparison}")
         if int(group[group["head"] != "own head"].seeds.min()) < 2:  # the untrained own head is one run, not a seed
             caveats.append(f"{comparison}: one seed")
         if int(group.at_edge.sum()):
             caveats.append(f"{comparison}: {int(group.at_edge.sum())} chosen rates at a grid edge")
-    finding = (
-        "MoS helps beyond its control in " + "; ".join(helps) if helps else "MoS beats its control in no comparison"
-    )
+    finding = "MoS helps beyond its control in " + ("; ".join(helps) if helps else "no comparison")
     return CLAIMS["x-mixture-of-softmaxes"].judge(
         finding, "; ".join(findings), "this book's heads on frozen backbones, test losses over seeds", caveats
     )
