@@ -114,6 +114,12 @@ def model_dir(spec: SuiteSpec, width: int, data_id: str) -> Path:
     return suite_dir(spec, data_id) / f"d{width}"
 
 
+def trained_checkpoint(spec: SuiteSpec, width: int, data_id: str, step: int) -> Checkpoint:
+    """Where the width-``width`` model of a suite trained on data ``data_id`` keeps ``step`` (a path only)."""
+    folder = model_dir(spec, width, data_id) / f"step{step}"
+    return Checkpoint(suite_group(spec, data_id), spec.model_name(width), step, str(folder), local=True)
+
+
 def _check_name(name: str, preset: Preset) -> None:
     if name not in preset.model_names():
         raise ConfigurationError(
@@ -179,9 +185,7 @@ def checkpoint(name: str, step: int | None = None, preset: str | Preset = "tiny"
             return Checkpoint("pretrained", name, 0, f"{SMOLLM2_HUB}@main", local=False)
         return Checkpoint("pretrained", name, 0, str(smollm2_dir()), local=True)
     if preset.suite is not None:
-        data_id = corpus_data_id(preset.suite.vocab_size)
-        folder = model_dir(preset.suite, width_of(name, preset), data_id) / f"step{step}"
-        return Checkpoint(suite_group(preset.suite, data_id), name, step, str(folder), local=True)
+        return trained_checkpoint(preset.suite, width_of(name, preset), corpus_data_id(preset.suite.vocab_size), step)
     organisation = preset.published.organisation
     mirror = hub_mirror()
     if mirror is not None:

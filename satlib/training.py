@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from satlib.errors import ConfigurationError
-from satlib.models import Checkpoint, corpus_data_id, model_dir, suite_group
+from satlib.models import Checkpoint, corpus_data_id, model_dir, trained_checkpoint
 from satlib.specs import SuiteSpec
 from satlib.storage import damaged_files, progress, read_json, write_atomically, write_directory_atomically
 from satlib.tokenization import token_ids
@@ -349,5 +349,4 @@ def ensure_trained(runs: list[tuple[SuiteSpec, int, BatchSource]], jobs: int = 1
 
 def suite_checkpoint(spec: SuiteSpec, width: int, data: BatchSource, step: int) -> Checkpoint:
     """The :class:`satlib.models.Checkpoint` of one trained model at ``step`` (a path only: nothing is trained)."""
-    folder = model_dir(spec, width, data.identity) / f"step{step}"
-    return Checkpoint(suite_group(spec, data.identity), spec.model_name(width), step, str(folder), local=True)
+    return trained_checkpoint(spec, width, data.identity, step)
