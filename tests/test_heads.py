@@ -200,6 +200,21 @@ def test_mixture_of_softmaxes_is_a_distribution_and_trains():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"no gradient reaches {name}"
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_mixture_log_probabilities_equal_the_formula_written_out(residual):
+    """log sum_k pi_k(h) softmax(W h_k), computed naively in float64 probability space (Yang et al. 2018, Eq. 4)."""
+    generator = torch.Generator().manual_seed(5)
+    head = heads.MixtureOfSoftmaxes(40, 6, components=3, residual=residual, generator=generator).double()
+    hidden = torch.randn(9, 6, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        prior = torch.softmax(hidden @ head.prior.T, dim=-1)
+        expected = torch.zeros(9, 40, dtype=torch.float64)
+        for k in range(3):
+            context = torch.tanh(hidden @ head.projection[k].T + head.bias[k]) + (hidden if residual else 0)
+            expected += prior[:, k : k + 1] * torch.softmax(context @ head.weight.T, dim=-1)
+        torch.testing.assert_close(head(hidden), expected.log())
+
+
 def test_one_component_mixture_is_the_linear_head():
     head = heads.MixtureOfSoftmaxes(20, 5, components=1, projection=False)
     hidden = torch.randn(7, 5)

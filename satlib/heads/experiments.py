@@ -163,8 +163,8 @@ def run_mixture_experiment(
         ``validation_loss``, ``test_loss``, ``test_accuracy``, ``chosen``, ``at_edge``, ``parameters``,
         ``multiply_adds`` per token; for the first seed's chosen heads also ``rank`` (numerical rank of the
         log-probability matrix on ``rank_contexts`` validation contexts), ``dimension_99`` (singular directions
-        that leave under 1% of its Frobenius norm) and ``seconds_per_token`` (CPU forward pass over 4,096 tokens).
-        A last row ``own head`` is the backbone's untrained head on the test sample.
+        that leave under 1% of its Frobenius norm) and ``seconds_per_token`` (CPU forward pass over 1,024 tokens,
+        best of three). A last row ``own head`` is the backbone's untrained head on the test sample.
     """
     preset = get_preset(preset)
     data = experiment_data(experiment.backbone, preset, device, dtype)
@@ -210,7 +210,7 @@ def _head_shape(
         "rank": rank_of_spectrum(sigma, contexts.shape[0], vocab_size),
         "rank_contexts": contexts.shape[0],
         "dimension_99": dimension_at(w_error_curve(sigma), 0.01),
-        "seconds_per_token": seconds_per_token(head, features[:4096]),
+        "seconds_per_token": seconds_per_token(head, features[:1024]),
     }
     if chosen is None:
         return values
