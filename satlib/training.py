@@ -318,10 +318,18 @@ def _train_in_worker(spec: SuiteSpec, width: int, data: BatchSource, device: str
     return train_model(spec, width, data, device=device)
 
 
-def ensure_trained(runs: list[tuple[SuiteSpec, int, BatchSource]], jobs: int = 1, device: str = "cpu") -> list[str]:
+def ensure_trained(
+    runs: list[tuple[SuiteSpec, int, BatchSource]],
+    jobs: int = 1,
+    device: str = "cpu",
+    pool: ProcessPoolExecutor | None = None,
+) -> list[str]:
     """Train every (suite, width, data) whose model is missing or damaged, ``jobs`` models at a time (one thread
     each, in worker processes, on ``device``); complete models are only checked. Returns each model's status before
-    training."""
+    training.
+
+    ``pool``: worker processes to train in instead of a new pool of ``jobs`` (so that other work queued in it before
+    the models shares the cores with them)."""
     before = [model_status(spec, width, data) for spec, width, data in runs]
     todo = [run for run, status in zip(runs, before, strict=True) if status != "complete"]
     for (spec, width, _), status in zip(runs, before, strict=True):
@@ -337,18 +345,26 @@ def ensure_trained(runs: list[tuple[SuiteSpec, int, BatchSource]], jobs: int = 1
         print(f"training: {spec.model_name(width)} (seed {spec.seed}, {spec.steps} steps) done, {index} of "
               f"{len(unique)}, {time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
 
-    if jobs <= 1 or len(unique) <= 1:
+    if pool is None and (jobs <= 1 or len(unique) <= 1):
         for index, (spec, width, data) in enumerate(unique, 1):
             train_model(spec, width, data, device=device)
             done(index, (spec, width, data))
-    else:
-        context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {pool.submit(_train_in_worker, *run, device): run for run in unique}
-            for index, future in enumerate(as_completed(futures), 1):
-                future.result()
-                done(index, futures[future])
+        return before
+    executor = pool or worker_pool(jobs)
+    try:
+        futures = {executor.submit(_train_in_worker, *run, device): run for run in unique}
+        for index, future in enumerate(as_completed(futures), 1):
+            future.result()
+            done(index, futures[future])
+    finally:
+        if pool is None:
+            executor.shutdown()
     return before
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` worker processes, started fresh (spawn: no fork of a process that holds torch threads)."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
 def suite_checkpoint(spec: SuiteSpec, width: int, data: BatchSource, step: int) -> Checkpoint:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +43,24 @@ def test_debug_shows_the_traceback(tmp_path):
     result = satlib_command("--debug", "prepare", "--preset", "bogus", cache=tmp_path / "cache")
     assert result.returncode != 0 and "Traceback (most recent call last)" in result.stderr
     assert "ConfigurationError: unknown preset 'bogus'" in result.stderr
+
+
+def test_prepare_runs_beside_the_training_only_the_heads_whose_backbone_is_not_trained_here(monkeypatch):
+    """``prepare`` queues SmolLM2's head experiments beside the training; the suite's own backbones wait for it."""
+    from satlib import cli, presets
+
+    ran = []
+    monkeypatch.setattr(cli, "prepare_smollm2", lambda: ran.append("fetch"))
+    monkeypatch.setattr(cli, "run_rank_experiment", lambda e, preset: ran.append(("ranks", e.model)))
+    monkeypatch.setattr(cli, "run_mixture_experiment", lambda e, preset: ran.append(("mixture", e.backbone.model)))
+    threads = torch.get_num_threads()
+    try:
+        message = cli.heads_on_pretrained_backbones("tiny")
+    finally:
+        torch.set_num_threads(threads)
+    tiny = presets.get_preset("tiny")
+    suite_models = {tiny.suite.model_name(width) for width in tiny.suite.widths}
+    assert ran[0] == "fetch"
+    assert ("ranks", presets.SMOLLM2) in ran and ("mixture", presets.SMOLLM2) in ran
+    assert not any(isinstance(call, tuple) and call[1] in suite_models for call in ran)
+    assert message.startswith(f"heads on {presets.SMOLLM2} ready")
