@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make book   sets up .venv, executes every notebook with papermill, builds the HTML in _build/html
 #               (PARAMS=FILE: in _build/params/<file stem>/html, leaving the published book alone)
-#   make test   lint, unit tests, notebook checks, nbval reproducibility, checks of the built HTML
+#   make test   lint, unit tests, notebook checks, nbval reproducibility, checks of the built HTML (JOBS test
+#               files at a time, one thread each: side by side, PyTorch's threads would spin for the same cores)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -83,8 +84,8 @@ test: setup browser
 	$(if $(PARAMS),$(error make test checks the tiny book: run it without PARAMS (PARAMS=$(PARAMS) is for make book)))
 	test -f _build/html/index.html || $(MAKE) book
 	$(MAKE) lint
-	$(BIN)/python -m pytest tests book/notebooks --nbval --nbval-current-env \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests book/notebooks --nbval --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider -n $(JOBS) --dist loadfile $(PYTEST_ARGS)
 
 freeze: setup
 	{ head -2 requirements/ci.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^satlib' \
