@@ -31,7 +31,6 @@ import pandas as pd
 import torch
 
 from satlib.claims import CLAIMS, NEAR_FLOOR, SATURATION_RISE
-from satlib.config import cache_dir
 from satlib.errors import ConfigurationError, MissingArtefactError
 from satlib.long_run import git_commit
 from satlib.models import suite_group
@@ -183,18 +182,14 @@ def held_out(grid: ControlledGrid, zipf: float) -> torch.Tensor:
 
 
 def floors(grid: ControlledGrid) -> pd.DataFrame:
-    """The floor of every student's width and the entropy rate of its language: one row per (zipf, width),
-    cached as JSON beside the cache (the fits take seconds to minutes)."""
-    path = cache_dir() / "controlled" / f"floors-{digest([asdict(grid.language(0.0)), grid.students], 12)}.json"
-    if path.is_file():
-        return pd.DataFrame(read_json(path))
+    """The floor of every student's width and the entropy rate of its language: one row per (zipf, width)
+    (each language's :meth:`satlib.synthetic.SyntheticLanguage.floor_table`, cached there)."""
     rows = []
     for zipf in sorted({s.zipf for s in grid.students}):
         language = grid.language(zipf)
         widths = sorted({s.width for s in grid.students if s.zipf == zipf})
         table = language.floor_table(widths)
         rows += [{"zipf": zipf, **row} for row in table.to_dict(orient="records")]
-    write_json(path, rows)
     return pd.DataFrame(rows)
 
 

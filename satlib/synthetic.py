@@ -40,9 +40,10 @@ draw by inverse CDF on float64 cumulative sums; a token's sampling probability i
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache, cached_property
 from typing import Any
 
@@ -51,8 +52,11 @@ import pandas as pd
 import torch
 from numpy.typing import ArrayLike, NDArray
 
+from satlib import bottleneck
 from satlib.bottleneck import BottleneckFit, BottleneckFloors
+from satlib.config import cache_dir
 from satlib.errors import ConfigurationError
+from satlib.storage import digest, read_json, write_json
 
 #: A block of the stream ends with a bridge whose length K is the first power of two with
 #: ``max |P^K[c, a] / pi_a - 1| <= MIXING_TOLERANCE``: beyond K steps the chain has forgotten where it was, to
@@ -368,8 +372,22 @@ class SyntheticLanguage:
         return self._floors.best_rank_fit(d).loss
 
     def floor_table(self, widths: list[int]) -> pd.DataFrame:
-        """The bottleneck floor for each width (:meth:`satlib.bottleneck.BottleneckFloors.floor_table`)."""
-        return self._floors.floor_table(widths)
+        """The bottleneck floor for each width (:meth:`satlib.bottleneck.BottleneckFloors.floor_table`), stored as
+        JSON in the cache under the language's parameters and the widths (the fits take seconds to minutes; a
+        chapter run again, or its reproducibility test, reads them back)."""
+        key = digest([asdict(self), sorted(set(widths)), _fit_source()])  # a change to the fit is a new key
+        path = cache_dir() / "floors" / f"{key}.json"
+        if path.is_file():
+            return pd.DataFrame(read_json(path))
+        table = self._floors.floor_table(widths)
+        write_json(path, table.to_dict(orient="records"))
+        return table
+
+
+@cache
+def _fit_source() -> str:
+    """Digest of the source of :mod:`satlib.bottleneck`, which computes the floors."""
+    return digest(inspect.getsource(bottleneck))
 
 
 @cache

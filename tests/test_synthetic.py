@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats
 import torch
@@ -18,6 +19,12 @@ from satlib.synthetic import SyntheticLanguage
 #: Tolerances derived from a sample are this many standard errors (a false alarm about once in 16,000 runs; the
 #: seeds are fixed, so a run that passes always passes).
 STANDARD_ERRORS = 4.0
+
+
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch, tmp_path):
+    """Floors computed here, never read from a cache another run filled."""
+    monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +200,16 @@ def one_thread():
     torch.set_num_threads(1)  # small tensors: OpenMP threads only spin
     yield
     torch.set_num_threads(threads)
+
+
+def test_floor_table_is_computed_once_and_read_back(monkeypatch):
+    language = SyntheticLanguage(16, 4, seed=7)
+    first = language.floor_table([4, 1, 2])
+    monkeypatch.setattr(BottleneckFloors, "floor_table", lambda self, widths: pytest.fail("computed again"))
+    again = SyntheticLanguage(16, 4, seed=7).floor_table([1, 2, 4])  # an equal language, the same widths
+    pd.testing.assert_frame_equal(again, first)
+    with pytest.raises(pytest.fail.Exception, match="computed again"):
+        SyntheticLanguage(16, 4, seed=8).floor_table([1, 2, 4])  # another world is another key
 
 
 def test_floor_table_refuses_floors_that_rise_with_width(monkeypatch):
