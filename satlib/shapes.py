@@ -8,6 +8,7 @@ several seeds, and measures every evenly spaced checkpoint through :mod:`satlib.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import replace
 
 import pandas as pd
@@ -50,8 +51,10 @@ def shape_comparison(
     seeds: tuple[int, ...] = SHAPE_SEEDS,
     base: SuiteSpec = TINY_SUITE,
     jobs: int = 1,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
-    """Train (once; cached) and measure every shape and seed at every evenly spaced checkpoint.
+    """Train (once; cached) and measure every shape and seed at every evenly spaced checkpoint (``executor``: where
+    the measurements run, see :func:`satlib.sweep.sweep`).
 
     Returns:
         One row per shape, seed and checkpoint: ``run`` (e.g. ``d=96, 6 layers``), ``width``, ``layers``, ``seed``,
@@ -59,7 +62,7 @@ def shape_comparison(
     """
     runs = shape_runs(shapes, seeds, base)
     ensure_trained(runs, jobs)
-    table = measure_trained(runs, corpus_samples(base.vocab_size, base.context), evenly_spaced=True)
+    table = measure_trained(runs, corpus_samples(base.vocab_size, base.context), evenly_spaced=True, executor=executor)
     table = table.assign(run=[f"d={w}, {n} layers" for w, n in zip(table.width, table.layers, strict=True)])
     return derived_columns(table)
 

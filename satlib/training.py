@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -323,13 +324,15 @@ def ensure_trained(
     jobs: int = 1,
     device: str = "cpu",
     pool: ProcessPoolExecutor | None = None,
+    on_trained: Callable[[SuiteSpec, int], None] | None = None,
 ) -> list[str]:
     """Train every (suite, width, data) whose model is missing or damaged, ``jobs`` models at a time (one thread
     each, in worker processes, on ``device``); complete models are only checked. Returns each model's status before
     training.
 
-    ``pool``: worker processes to train in instead of a new pool of ``jobs`` (so that other work queued in it before
-    the models shares the cores with them)."""
+    ``pool``: worker processes to train in instead of a new pool of ``jobs`` (so that other work queued in it shares
+    the cores with the models). ``on_trained(spec, width)`` is called here as each model it trains is done (to
+    queue work that needs that model)."""
     before = [model_status(spec, width, data) for spec, width, data in runs]
     todo = [run for run, status in zip(runs, before, strict=True) if status != "complete"]
     for (spec, width, _), status in zip(runs, before, strict=True):
@@ -344,6 +347,8 @@ def ensure_trained(
         spec, width, _ = run
         print(f"training: {spec.model_name(width)} (seed {spec.seed}, {spec.steps} steps) done, {index} of "
               f"{len(unique)}, {time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+        if on_trained is not None:
+            on_trained(spec, width)
 
     if pool is None and (jobs <= 1 or len(unique) <= 1):
         for index, (spec, width, data) in enumerate(unique, 1):
@@ -363,8 +368,14 @@ def ensure_trained(
 
 
 def worker_pool(jobs: int) -> ProcessPoolExecutor:
-    """``jobs`` worker processes, started fresh (spawn: no fork of a process that holds torch threads)."""
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    """``jobs`` worker processes of one torch thread each (side by side, more threads would spin for the same
+    cores), started fresh (spawn: no fork of a process that holds torch threads)."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_one_thread)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
 
 
 def suite_checkpoint(spec: SuiteSpec, width: int, data: BatchSource, step: int) -> Checkpoint:

@@ -45,8 +45,9 @@ def test_debug_shows_the_traceback(tmp_path):
     assert "ConfigurationError: unknown preset 'bogus'" in result.stderr
 
 
-def test_prepare_runs_beside_the_training_only_the_heads_whose_backbone_is_not_trained_here(monkeypatch):
-    """``prepare`` queues SmolLM2's head experiments beside the training; the suite's own backbones wait for it."""
+def test_head_experiments_run_on_the_backbones_asked_for_only(monkeypatch):
+    """``prepare`` queues the head experiments in the training's pool, SmolLM2's at once and each suite backbone's
+    when it is trained: a job runs exactly the experiments on its backbones."""
     from satlib import cli, presets
 
     ran = []
@@ -55,12 +56,12 @@ def test_prepare_runs_beside_the_training_only_the_heads_whose_backbone_is_not_t
     monkeypatch.setattr(cli, "run_mixture_experiment", lambda e, preset: ran.append(("mixture", e.backbone.model)))
     threads = torch.get_num_threads()
     try:
-        message = cli.heads_on_pretrained_backbones("tiny")
+        message = cli.head_experiments_on("tiny", [presets.SMOLLM2])
+        suite_backbone = presets.TINY_HEADS.model
+        assert ran == ["fetch", ("ranks", presets.SMOLLM2), ("mixture", presets.SMOLLM2)]
+        assert message.startswith(f"heads on {presets.SMOLLM2} ready")
+        ran.clear()
+        cli.head_experiments_on("tiny", [suite_backbone])
+        assert ran == [("ranks", suite_backbone), ("mixture", suite_backbone)]  # no SmolLM2 fetched for it
     finally:
         torch.set_num_threads(threads)
-    tiny = presets.get_preset("tiny")
-    suite_models = {tiny.suite.model_name(width) for width in tiny.suite.widths}
-    assert ran[0] == "fetch"
-    assert ("ranks", presets.SMOLLM2) in ran and ("mixture", presets.SMOLLM2) in ran
-    assert not any(isinstance(call, tuple) and call[1] in suite_models for call in ran)
-    assert message.startswith(f"heads on {presets.SMOLLM2} ready")
