@@ -80,7 +80,8 @@ def prepare(arguments: argparse.Namespace) -> int:
             model = spec.model_name(width)
             if spec == preset.suite and model in backbones and model not in queued:
                 queued.add(model)
-                heads.append(pool.submit(head_experiments_on, preset.name, [model]))
+                for kind in HEAD_KINDS:  # two jobs: at the end of the training they share the two cores
+                    heads.append(pool.submit(head_experiments_on, preset.name, [model], (kind,)))
 
         before = ensure_trained(runs, arguments.jobs, pool=pool, on_trained=trained)
         count = sum(status != "complete" for status in before)
@@ -102,21 +103,26 @@ def prepare(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def head_experiments_on(preset_name: str, backbones: list[str]) -> str:
-    """Run (or find cached) a preset's rank and mixture experiments on these backbones, on one thread (a worker
+#: The head experiments of a backbone: rank-constrained heads (chapter 04) and mixtures (chapter 07).
+HEAD_KINDS = ("ranks", "mixtures")
+
+
+def head_experiments_on(preset_name: str, backbones: list[str], kinds: tuple[str, ...] = HEAD_KINDS) -> str:
+    """Run (or find cached) a preset's head experiments of these kinds on these backbones, on one thread (a worker
     beside the training): chapters 04 and 07 then read their results from the cache."""
     torch.set_num_threads(1)
     preset = get_preset(preset_name)
     started = time.perf_counter()
     if SMOLLM2 in backbones:
         prepare_smollm2()
-    for experiment in preset.head_experiments:
+    for experiment in preset.head_experiments if "ranks" in kinds else ():
         if experiment.model in backbones:
             run_rank_experiment(experiment, preset)
-    for experiment in preset.mixture_experiments:
+    for experiment in preset.mixture_experiments if "mixtures" in kinds else ():
         if experiment.backbone.model in backbones:
             run_mixture_experiment(experiment, preset)
-    return f"heads on {', '.join(backbones) or 'no backbone'} ready ({time.perf_counter() - started:.0f} s)"
+    done = f"{' and '.join(kinds)} on {', '.join(backbones) or 'no backbone'}"
+    return f"heads: {done} ready ({time.perf_counter() - started:.0f} s)"
 
 
 def long_run(arguments: argparse.Namespace) -> int:

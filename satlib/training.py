@@ -356,11 +356,24 @@ def ensure_trained(
             done(index, (spec, width, data))
         return before
     executor = pool or worker_pool(jobs)
+    waiting, running = list(unique), {}
+
+    def queue_next() -> None:
+        run = waiting.pop(0)
+        running[executor.submit(_train_in_worker, *run, device)] = run
+
     try:
-        futures = {executor.submit(_train_in_worker, *run, device): run for run in unique}
-        for index, future in enumerate(as_completed(futures), 1):
+        # At most ``jobs`` models queued at once: work that on_trained queues goes before the models still waiting.
+        for _ in range(min(jobs, len(waiting))):
+            queue_next()
+        index = 0
+        while running:
+            future = next(as_completed(running))
             future.result()
-            done(index, futures[future])
+            index += 1
+            done(index, running.pop(future))
+            if waiting:
+                queue_next()
     finally:
         if pool is None:
             executor.shutdown()

@@ -59,9 +59,12 @@ def test_head_experiments_run_on_the_backbones_asked_for_only(monkeypatch):
         message = cli.head_experiments_on("tiny", [presets.SMOLLM2])
         suite_backbone = presets.TINY_HEADS.model
         assert ran == ["fetch", ("ranks", presets.SMOLLM2), ("mixture", presets.SMOLLM2)]
-        assert message.startswith(f"heads on {presets.SMOLLM2} ready")
+        assert message.startswith(f"heads: ranks and mixtures on {presets.SMOLLM2} ready")
         ran.clear()
         cli.head_experiments_on("tiny", [suite_backbone])
         assert ran == [("ranks", suite_backbone), ("mixture", suite_backbone)]  # no SmolLM2 fetched for it
+        ran.clear()
+        cli.head_experiments_on("tiny", [suite_backbone], ("mixtures",))
+        assert ran == [("mixture", suite_backbone)]
     finally:
         torch.set_num_threads(threads)

@@ -189,3 +189,20 @@ def test_damaged_or_deleted_checkpoint_is_named_and_repaired(tmp_path, monkeypat
         models.load_checkpoint(point)
     assert training.ensure_trained(runs)[0] == f"damaged: step{step}/checksums.json"
     assert weights.read_bytes() == original
+
+
+def test_models_are_queued_jobs_at_a_time_so_that_work_queued_when_one_is_done_goes_first(tmp_path, monkeypatch):
+    """``prepare`` queues a backbone's heads when it is trained: they must run before the models still waiting."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("SATLIB_CACHE_DIR", str(tmp_path))
+    order = []
+    monkeypatch.setattr(training, "_train_in_worker", lambda spec, width, data, device: order.append(("model", width)))
+    spec = specs.SuiteSpec("queue", (8, 16, 32))
+    runs = [(spec, width, SimpleNamespace(identity="made-up data")) for width in spec.widths]
+    with ThreadPoolExecutor(1) as pool:  # one worker: jobs run in the order they were queued
+        queue_after = lambda spec, width: pool.submit(order.append, ("after", width))  # noqa: E731
+        before = training.ensure_trained(runs, jobs=1, pool=pool, on_trained=queue_after)
+    assert before == ["missing"] * 3
+    assert order == [("model", 8), ("after", 8), ("model", 16), ("after", 16), ("model", 32), ("after", 32)]
