@@ -78,7 +78,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     Forward turns each chunk's logits into probabilities in place and keeps them for backward, whose gradient
     ``(softmax - onehot) / N`` then costs no second matrix product and no second exponential. Chunks stay small
     (``chunk`` x V floats) so that the allocator reuses their memory instead of mapping fresh pages every step;
-    the probabilities of all N rows (N x V floats, 32 MB for the tiny suite's steps) live until backward.
+    the probabilities of all N rows (N x V floats, 32 MB for the tiny suite's steps) live until backward, which
+    overwrites them with the gradient (so the graph is differentiated once, as training does).
     """
 
     @staticmethod
