@@ -375,7 +375,7 @@ class SyntheticLanguage:
         """The bottleneck floor for each width (:meth:`satlib.bottleneck.BottleneckFloors.floor_table`), stored as
         JSON in the cache under the language's parameters and the widths (the fits take seconds to minutes; a
         chapter run again, or its reproducibility test, reads them back)."""
-        key = digest([asdict(self), sorted(set(widths)), _fit_source()])  # a change to the fit is a new key
+        key = digest([asdict(self), sorted(set(widths)), _fit_source()])  # a change to the code is a new key
         path = cache_dir() / "floors" / f"{key}.json"
         if path.is_file():
             return pd.DataFrame(read_json(path))
@@ -386,8 +386,9 @@ class SyntheticLanguage:
 
 @cache
 def _fit_source() -> str:
-    """Digest of the source of :mod:`satlib.bottleneck`, which computes the floors."""
-    return digest(inspect.getsource(bottleneck))
+    """Digest of the sources of :mod:`satlib.bottleneck`, which fits the floors, and of this module, which builds the
+    language they are fitted on."""
+    return digest([inspect.getsource(bottleneck), inspect.getsource(SyntheticLanguage)])
 
 
 @cache

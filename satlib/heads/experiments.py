@@ -40,8 +40,9 @@ from satlib.specs import HeadExperiment, MixtureExperiment
 from satlib.storage import digest, progress, read_json, write_json
 from satlib.verdicts import Claim, Comparison, compare
 
-#: The protocol of the seeds (a change of it must not reuse results cached under the previous one).
-PROTOCOL = "rate searched with the first seed, reused by the others"
+#: The protocol of the seeds and of the training and timing code (a change of either must not reuse results cached
+#: under the previous one).
+PROTOCOL = "rate searched with the first seed, reused by the others; fused Adam, 128-row evaluation, 1,024-token timing"
 
 
 def _results_path(kind: str, model: str, spec: object, data: HeadData) -> Path:
