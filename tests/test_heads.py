@@ -33,6 +33,16 @@ def test_truncated_head_is_eckart_young(rank):
     torch.testing.assert_close(head(hidden), hidden @ head.weight().T)
 
 
+def test_heads_built_from_one_svd_equal_heads_built_from_the_weight():
+    """The rank sweep factors the backbone's head once and starts every rank from those factors."""
+    weight = torch.randn(40, 6, generator=torch.Generator().manual_seed(2))
+    factors = heads.head_factors(weight)
+    torch.testing.assert_close(factors.u @ torch.diag(factors.s) @ factors.vt, weight.double())
+    for rank in (1, 3, 6):
+        shared, alone = heads.LowRankHead.from_head(factors, rank), heads.LowRankHead.from_head(weight, rank)
+        assert torch.equal(shared.A, alone.A) and torch.equal(shared.B, alone.B)
+
+
 def test_rank_must_fit():
     with pytest.raises(ConfigurationError, match="rank must be an integer in"):
         heads.LowRankHead(10, 4, 5)
@@ -94,9 +104,15 @@ def test_the_rate_is_chosen_on_validation_and_reported_on_test():
     training = specs.HeadTraining(epochs=2, batch_tokens=250)
     table, _ = heads.search_learning_rate(build, train, validation, test, (1e-3, 1e-2, 1e-1), training, 0, 0)
     shuffled = (validation[0], validation[1][torch.randperm(1000, generator=torch.Generator().manual_seed(0))])
-    noisy, _ = heads.search_learning_rate(build, train, shuffled, test, (1e-3, 1e-2, 1e-1), training, 0, 0)
-    np.testing.assert_allclose(noisy.test_loss, table.test_loss)  # test scores do not depend on validation
+    noisy, head = heads.search_learning_rate(build, train, shuffled, test, (1e-3, 1e-2, 1e-1), training, 0, 0)
     assert noisy.learning_rate[noisy.chosen].item() == noisy.learning_rate[noisy.validation_loss.idxmin()]
+    assert noisy.learning_rate[noisy.chosen].item() != table.learning_rate[table.chosen].item()  # a real disagreement
+    # The test sample scores the chosen head only, and its score does not depend on the validation sample.
+    assert noisy.test_loss[~noisy.chosen].isna().all() and noisy.test_accuracy[~noisy.chosen].isna().all()
+    assert noisy.test_loss[noisy.chosen].item() == heads.evaluate_head(head, test)[0]
+    alone, _ = heads.search_learning_rate(build, train, validation, test, tuple(noisy.learning_rate[noisy.chosen]),
+                                          training, 0, 0)  # fmt: skip
+    assert alone.test_loss.item() == noisy.test_loss[noisy.chosen].item()
 
 
 def test_a_choice_at_the_grid_edge_extends_the_grid():
@@ -154,7 +170,8 @@ def test_pythia_preset_head_experiment_on_a_local_copy(tmp_path, monkeypatch):
         assert sorted(set(searched["rank"])) == [2, 16] and table.original.sum() == 1
         assert searched.groupby("rank").chosen.sum().eq(1).all()
         assert set(table.model) == {"pythia-410m"} and set(table.width) == {16}
-        assert np.all(table.test_loss < np.log(4096) + 0.5) and table.w_error.iloc[-1] == 0.0
+        assert np.all(table[table.chosen].test_loss < np.log(4096) + 0.5) and table.w_error.iloc[-1] == 0.0
+        assert table[~table.chosen].test_loss.isna().all()  # unchosen rates are not scored on test
         samples = head_features.experiment_samples(preset.head_experiments[0], preset)
         parts = [evaluate.sample_windows(samples[name], preset) for name in ("train", "validation", "test")]
         assert [p.shape[0] for p in parts] == [32, 16, 16]

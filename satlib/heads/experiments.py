@@ -24,7 +24,7 @@ from satlib.book import display_name
 from satlib.claims import CLAIMS
 from satlib.config import cache_dir
 from satlib.heads.features import HeadData, experiment_data
-from satlib.heads.lowrank import LowRankHead, evaluate_head, search_learning_rate
+from satlib.heads.lowrank import LowRankHead, evaluate_head, head_factors, search_learning_rate
 from satlib.heads.mixture import (
     MixtureOfSoftmaxes,
     comparison_heads,
@@ -33,7 +33,7 @@ from satlib.heads.mixture import (
     seconds_per_token,
     thin_windows,
 )
-from satlib.metrics import rank_of_spectrum, singular_values, w_error, w_error_curve
+from satlib.metrics import rank_of_spectrum, w_error, w_error_curve
 from satlib.ngram import dimension_at
 from satlib.presets import Preset, get_preset
 from satlib.specs import HeadExperiment, MixtureExperiment
@@ -89,18 +89,19 @@ def run_rank_experiment(
     if path.is_file():
         return pd.DataFrame(read_json(path))
     vocab_size, width = data.head.shape
+    factors = head_factors(data.head)  # one SVD for every start, truncation and W-error below
     tables = []
     for rank in progress(experiment.ranks, desc=f"rank-constrained heads on {experiment.model}", leave=False):
         if experiment.training.init == "svd":
-            build = lambda generator, r=rank: LowRankHead.from_head(data.head, r)  # noqa: E731
+            build = lambda generator, r=rank: LowRankHead.from_head(factors, r)  # noqa: E731
         else:
             build = lambda generator, r=rank: LowRankHead(vocab_size, width, r, generator)  # noqa: E731
         for seed, table, _ in _over_seeds(build, data, data.train, experiment.learning_rates, experiment,
                                           experiment.seeds_of(rank), device):  # fmt: skip
             tables.append(table.assign(rank=rank, seed=seed))
     runs_table = pd.concat(tables, ignore_index=True)
-    sigma = singular_values(data.head)
-    truncated = {r: evaluate_head(LowRankHead.from_head(data.head, r), data.test)[0] for r in experiment.ranks}
+    sigma = factors.s.numpy()
+    truncated = {r: evaluate_head(LowRankHead.from_head(factors, r), data.test)[0] for r in experiment.ranks}
     runs_table["truncated_loss"] = runs_table["rank"].map(truncated)
     runs_table["original"] = False
     own = _own_head_row(data.head, data) | {"rank": width, "original": True}

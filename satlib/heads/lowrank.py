@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,19 @@ from satlib.errors import ConfigurationError
 from satlib.specs import HeadTraining
 
 Split = tuple[torch.Tensor, torch.Tensor]  # (N, d) features and (N,) next-token targets
+
+
+class HeadFactors(NamedTuple):
+    """The thin SVD ``W = U diag(S) Vt`` of a (V, d) head in float64: U (V, k), S (k,), Vt (k, d), k = min(V, d)."""
+
+    u: torch.Tensor
+    s: torch.Tensor
+    vt: torch.Tensor
+
+
+def head_factors(weight: torch.Tensor) -> HeadFactors:
+    """The float64 thin SVD of a (V, d) head (seconds for SmolLM2's 49,152 x 576: computed once per experiment)."""
+    return HeadFactors(*torch.linalg.svd(weight.detach().double(), full_matrices=False))
 
 
 class LowRankHead(torch.nn.Module):
@@ -41,10 +55,13 @@ class LowRankHead(torch.nn.Module):
         self.B = torch.nn.Parameter(torch.randn(rank, width, generator=generator) * math.sqrt(0.02))
 
     @classmethod
-    def from_head(cls, weight: torch.Tensor, rank: int) -> LowRankHead:
-        """The best rank-r approximation of a (V, d) head, split as A = U Σ^½, B = Σ^½ Vᵀ (Eckart–Young–Mirsky)."""
-        head = cls(weight.shape[0], weight.shape[1], rank)
-        u, s, vt = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    def from_head(cls, weight: torch.Tensor | HeadFactors, rank: int) -> LowRankHead:
+        """The best rank-r approximation of a (V, d) head, split as A = U Σ^½, B = Σ^½ Vᵀ (Eckart–Young–Mirsky).
+
+        ``weight`` may be the head's :func:`head_factors` instead, to build heads of several ranks from one SVD.
+        """
+        u, s, vt = weight if isinstance(weight, HeadFactors) else head_factors(weight)
+        head = cls(u.shape[0], vt.shape[1], rank)
         root = s[:rank].sqrt()
         with torch.no_grad():
             head.A.copy_((u[:, :rank] * root).to(head.A.dtype))
@@ -147,8 +164,9 @@ def search_learning_rate(
         learning_rates: the starting grid (at least two rates for the edge rule to apply).
 
     Returns:
-        One row per rate tried (``learning_rate``, ``validation_loss``, ``test_loss``, ``test_accuracy``,
-        ``chosen``, ``at_edge``: the chosen rate is still an edge of the final grid), and the chosen head.
+        One row per rate tried (``learning_rate``, ``validation_loss``, ``chosen``, ``at_edge``: the chosen rate is
+        still an edge of the final grid; ``test_loss`` and ``test_accuracy`` of the chosen head, NaN for the
+        others: the test sample scores only what validation chose), and the chosen head.
     """
     rates = sorted(set(learning_rates))
     ratio = (rates[-1] / rates[0]) ** (1 / (len(rates) - 1)) if len(rates) > 1 else 1.0
@@ -158,9 +176,7 @@ def search_learning_rate(
     def attempt(rate: float) -> None:
         head = fit_head(build(torch.Generator().manual_seed(seed)), train, rate, training, seed, device)
         validation_loss, _ = evaluate_head(head, validation)
-        test_loss, test_accuracy = evaluate_head(head, test)
-        rows[rate] = {"learning_rate": rate, "validation_loss": validation_loss, "test_loss": test_loss,
-                      "test_accuracy": test_accuracy}  # fmt: skip
+        rows[rate] = {"learning_rate": rate, "validation_loss": validation_loss}
         if kept["rate"] is None or validation_loss < rows[kept["rate"]]["validation_loss"]:
             kept.update(rate=rate, head=head.cpu())
 
@@ -173,6 +189,9 @@ def search_learning_rate(
         attempt(best / ratio if best == grid[0] else best * ratio)
     table = pd.DataFrame([rows[rate] for rate in sorted(rows)])
     table["chosen"] = table.learning_rate == kept["rate"]
+    test_loss, test_accuracy = evaluate_head(kept["head"], test)  # the test sample scores the chosen head only
+    table["test_loss"] = table.chosen.map({True: test_loss, False: float("nan")})
+    table["test_accuracy"] = table.chosen.map({True: test_accuracy, False: float("nan")})
     edges = [table.learning_rate.min(), table.learning_rate.max()]
     table["at_edge"] = table.chosen & (len(table) > 1) & table.learning_rate.isin(edges)
     return table, kept["head"]
