@@ -19,6 +19,7 @@ import torch
 from numpy.typing import NDArray
 
 from satlib.errors import ConfigurationError
+from satlib.heads.lowrank import EVALUATION_ROWS
 from satlib.metrics import singular_values
 from satlib.specs import MixtureExperiment
 
@@ -202,14 +203,14 @@ def comparison_heads(
 
 
 def seconds_per_token(head: torch.nn.Module, features: torch.Tensor, repeats: int = 3) -> float:
-    """Best of ``repeats`` timed forward passes over ``features`` (128 rows at a time, as they are evaluated),
-    per token."""
+    """Best of ``repeats`` timed forward passes over ``features`` (:data:`EVALUATION_ROWS` rows at a time, as they
+    are evaluated), per token."""
     best = math.inf
     with torch.no_grad():
         for _ in range(repeats):
             started = time.perf_counter()
-            for start in range(0, features.shape[0], 128):
-                head(features[start : start + 128])
+            for start in range(0, features.shape[0], EVALUATION_ROWS):
+                head(features[start : start + EVALUATION_ROWS])
             best = min(best, time.perf_counter() - started)
     return best / features.shape[0]
 
