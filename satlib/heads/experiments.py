@@ -78,7 +78,8 @@ def run_rank_experiment(
 
     Returns:
         Columns ``model``, ``width``, ``rank``, ``seed``, ``learning_rate``, ``validation_loss``, ``test_loss``,
-        ``test_accuracy``, ``chosen`` (the rate with the lowest validation loss for that rank and seed),
+        ``test_accuracy`` (NaN on the rows not chosen), ``chosen`` (the rate with the lowest validation loss for
+        that rank and seed),
         ``at_edge``, ``w_error`` (of the backbone's own head at rank r, Figure 8), ``truncated_loss`` (the own head
         truncated to rank r, untrained, on the test sample), and ``original``; a last row (``original`` True,
         ``rank`` = d) holds the backbone's own head on the test sample.
@@ -162,7 +163,8 @@ def run_mixture_experiment(
 
     Returns:
         One row per (head, seed, rate tried): ``comparison``, ``model``, ``head``, ``seed``, ``learning_rate``,
-        ``validation_loss``, ``test_loss``, ``test_accuracy``, ``chosen``, ``at_edge``, ``parameters``,
+        ``validation_loss``, ``test_loss``, ``test_accuracy`` (NaN on the rows not chosen), ``chosen``,
+        ``at_edge``, ``parameters``,
         ``multiply_adds`` per token; for the first seed's chosen heads also ``rank`` (numerical rank of the
         log-probability matrix on ``rank_contexts`` validation contexts), ``dimension_99`` (singular directions
         that leave under 1% of its Frobenius norm) and ``seconds_per_token`` (CPU forward pass over 1,024 tokens,

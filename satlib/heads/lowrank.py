@@ -183,7 +183,7 @@ def search_learning_rate(
         validation_loss, _ = evaluate_head(head, validation)
         rows[rate] = {"learning_rate": rate, "validation_loss": validation_loss}
         if kept["rate"] is None or validation_loss < rows[kept["rate"]]["validation_loss"]:
-            kept.update(rate=rate, head=head.cpu())
+            kept.update(rate=rate, head=head)  # on the device until the test sample has scored it
 
     for rate in rates:
         attempt(rate)
@@ -195,6 +195,7 @@ def search_learning_rate(
     table = pd.DataFrame([rows[rate] for rate in sorted(rows)])
     table["chosen"] = table.learning_rate == kept["rate"]
     test_loss, test_accuracy = evaluate_head(kept["head"], test)  # the test sample scores the chosen head only
+    kept["head"] = kept["head"].cpu()
     table["test_loss"] = table.chosen.map({True: test_loss, False: float("nan")})
     table["test_accuracy"] = table.chosen.map({True: test_accuracy, False: float("nan")})
     edges = [table.learning_rate.min(), table.learning_rate.max()]
