@@ -62,9 +62,7 @@ def saturation_claim(degradation: pd.DataFrame, sizes: pd.Series, threshold: flo
     small = ratio[sizes[ratio.index] <= 2e8]
     large = ratio[sizes[ratio.index] >= 1e9]
     small_ok, large_ok = bool((small > threshold).all()), bool((large <= threshold).all())
-    verdict = (
-        "reproduced" if small_ok and large_ok else "partly reproduced" if small_ok else "not reproduced at this scale"
-    )
+    verdict = "reproduced" if small_ok and large_ok else "partly reproduced" if small_ok else "contradicted"
     middle = ratio[(sizes[ratio.index] > 2e8) & (sizes[ratio.index] < 1e9)]
     book = (
         f"final / best LAMBADA perplexity: {', '.join(f'{m} {v:.2f}' for m, v in small.items())}; "
@@ -115,13 +113,7 @@ def table1_comparison(value: dict[str, pd.Series], stderr: dict[str, pd.Series],
 def table1_claim(comparison: pd.DataFrame) -> Claim:
     """The ledger record of Table 1 from :func:`table1_comparison`."""
     worse = list(comparison.index[comparison["clearly worse"]])
-    verdict = (
-        "reproduced"
-        if len(worse) == len(comparison)
-        else "partly reproduced"
-        if worse
-        else "not reproduced at this scale"
-    )
+    verdict = "reproduced" if len(worse) == len(comparison) else "partly reproduced" if worse else "contradicted"
     book = "; ".join(
         f"{name} {row.best:.1f} (step {row['best step']:,}) then {row.final:.1f}"
         f"{'' if row['clearly worse'] else ' (within noise)'}"
@@ -167,7 +159,7 @@ def law_claims(
     implied = next((name for name, ok in close.items() if ok), None)
     both = "; ".join(f"{name}: A = {f.A:.2f}, alpha = {f.alpha:.4f}" for name, f in fits.items())
     fit_claim = CLAIMS["fig1b-fit"].judge(
-        "re-derived" if implied else "not reproduced at this scale",
+        "re-derived" if implied else "not re-derived",
         both,
         "this book's refit of the losses digitised from the paper's Figure 1b",
         [
@@ -180,7 +172,7 @@ def law_claims(
     gaps = {name: underperformance(f, small, tokens_per_step) for name, f in fits.items()}
     final, best = gaps[implied] if implied else next(iter(gaps.values()))
     met = [abs(100 * final - 8) <= 1, abs(100 * best - 4) <= 1]
-    verdict = "re-derived" if all(met) else "partly reproduced" if any(met) else "not reproduced at this scale"
+    verdict = "re-derived" if all(met) else "partly re-derived" if any(met) else "not re-derived"
     book = "; ".join(f"{name}: final {100 * g[0]:.1f}%, best {100 * g[1]:.1f}%" for name, g in gaps.items())
     gap_claim = CLAIMS["fig1b-underperformance"].judge(
         verdict,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from satlib import metrics, theory
@@ -67,3 +68,29 @@ def test_theorem_bound_is_twice_tail_norm():
 
 def test_mean_entropy_of_uniform():
     assert theory.mean_entropy(np.full((3, 8), 1 / 8)) == pytest.approx(np.log(8))
+
+
+def _gaps(truncated: list[float], bound: list[float], uniform: float) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"d": range(1, len(bound) + 1), "gap_truncated": truncated, "gap_optimised": truncated,
+         "bound": bound, "gap_uniform": uniform}
+    )  # fmt: skip
+
+
+def test_theorem_verdict_separates_an_informative_bound_from_a_vacuous_one():
+    informative = theory.theorem_claim(_gaps([0.5, 0.1], [5.0, 0.9], uniform=2.0))
+    vacuous = theory.theorem_claim(_gaps([0.5, 0.1], [50.0, 9.0], uniform=2.0))
+    broken = theory.theorem_claim(_gaps([0.5, 1.0], [5.0, 0.9], uniform=2.0))
+    assert informative.verdict == "reproduced" and "at 1 of 2 ranks" in informative.book_value
+    assert vacuous.verdict == "verified (vacuous here)" and "at 0 of 2 ranks" in vacuous.book_value
+    assert broken.verdict == "contradicted" and "holds at 1 of 2 ranks" in broken.book_value
+
+
+def test_gap_of_uniform_predictions_is_the_gap_of_the_zero_head_and_bounds_the_best_rank_d_gap():
+    head = theory.ideal_head(40, theory.power_law_spectrum(8, 0.5, 30.0), seed=0)
+    contexts = theory.ideal_contexts(50, 8, seed=1)
+    table = theory.loss_gap_table(head, contexts, widths=[1, 4], steps=60)
+    targets = theory.ideal_distributions(head, contexts)
+    by_hand = float(np.mean(np.sum(targets * np.log(targets * 40), axis=1)))  # KL(p || uniform) = log V - H(p)
+    assert table.gap_uniform.to_numpy() == pytest.approx(by_hand, rel=1e-9)
+    assert (table.gap_optimised <= table.gap_uniform).all()
