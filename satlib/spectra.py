@@ -139,7 +139,7 @@ def spectral_claims(collapses: pd.DataFrame, normalisation: pd.DataFrame) -> lis
     rise = (collapses["late maximum"] / collapses.minimum).max()
     figure4 = CLAIMS["fig4-spectral-saturation"].judge(
         "reproduced" if collapsed else "not reproduced at this scale",
-        f"no late collapse in {len(collapses) - len(collapsed)} of {len(collapses)} suite models (largest late rise "
+        f"a late collapse in {len(collapsed)} of {len(collapses)} suite models (largest late rise "
         f"{rise:.2f} times the minimum, threshold {COLLAPSE_FACTOR:g})",
         "the book's suite, every checkpoint, singular values of the output head",
         ["none of the book's models saturates: the claim concerns saturated models"] if not collapsed else [],
@@ -147,13 +147,52 @@ def spectral_claims(collapses: pd.DataFrame, normalisation: pd.DataFrame) -> lis
     verdict = "reproduced" if collapsed and fell else "partly reproduced" if fell else "not reproduced at this scale"
     figure5 = CLAIMS["fig5-singular-entropy"].judge(
         verdict,
-        f"the entropy falls to under half its warm-up peak in {len(fell)} of {len(collapses)} models; no late jump; "
+        f"the entropy falls to under half its warm-up peak in {len(fell)} of {len(collapses)} models; it jumps late "
+        f"in {len(collapsed)} (largest late rise {rise:.2f} times the minimum); "
         f"the paper's plateaus fit sigma^{power} normalisation "
         f"({int(_inside(normalisation, power))} of {len(normalisation)} models)",
         "the book's suite; the normalisation from the paper's own Figures 4 and 5 (digitised)",
         ["the normalisation is re-derived from digitised values"],
     )
     return [figure4, figure5]
+
+
+def entropy_phases_text(collapses: pd.DataFrame, paper_minima: pd.Series, factor: float = COLLAPSE_FACTOR) -> str:
+    """What :func:`collapse_table` found, in two sentences for the prose of the paper's Figure 5: whether and where
+    the heads flattened (the entropy under half its warm-up peak), against the paper's pre-collapse minima, then
+    whether a late jump followed. Every number and every word of the verdict comes from the table.
+
+    Args:
+        collapses: :func:`collapse_table`'s rows. paper_minima: the paper's pre-collapse minima (Figure 5,
+            digitised), one per model.
+    """
+    fell = collapses[collapses.fell]
+    total = len(collapses)
+    ratio = collapses.minimum / collapses.peak
+    paper = f"the paper's Figure 5 falls to {paper_minima.min():.2f} to {paper_minima.max():.2f} before its collapses"
+    if len(fell) == 0:
+        flat = (f"Then the heads do not flatten by the chapter's criterion: in none of the {total} models does the "
+                f"entropy fall to under half its warm-up peak; its lowest value after the peak is "
+                f"{ratio.min():.2f} to {ratio.max():.2f} times the peak ({collapses.minimum.min():.2f} to "
+                f"{collapses.minimum.max():.2f}), where {paper}.")  # fmt: skip
+    else:
+        which = "every one of the models" if len(fell) == total else f"{len(fell)} of the {total} models"
+        flat = (f"Then the heads flatten in {which}: the entropy falls to under half its warm-up peak, "
+                f"reaching {fell.minimum.min():.2f} to {fell.minimum.max():.2f}, where {paper}.")  # fmt: skip
+        if len(fell) < total:
+            rest = collapses[~collapses.fell]
+            flat += (f" In the others ({', '.join(rest.index)}) it stays at {ratio[rest.index].min():.2f} to "
+                     f"{ratio[rest.index].max():.2f} times its peak.")  # fmt: skip
+    rise = collapses["late maximum"] / collapses.minimum
+    collapsed = collapses[collapses.collapsed]
+    if len(collapsed) == 0:
+        jump = (f"No collapse follows: the largest late rise is {rise.max():.2f} times the minimum, where a "
+                f"collapse needs more than {factor:g} times.")  # fmt: skip
+    else:
+        jump = (f"A collapse follows in {len(collapsed)} of the {total} models ({', '.join(collapsed.index)}): "
+                f"a late rise of up to {rise.max():.2f} times the minimum, more than the {factor:g} times a "
+                "collapse needs.")  # fmt: skip
+    return f"{flat} {jump}"
 
 
 def _inside(table: pd.DataFrame, power: int, tolerance: float = 0.1) -> int:
