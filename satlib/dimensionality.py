@@ -95,14 +95,76 @@ def corpus_noise_floors(tokenizer: str, context_counts: list[int], n: int = 5) -
     return pd.DataFrame({c: stored[str(c)] for c in context_counts}).T.rename_axis("contexts")
 
 
+def width_comparison(dimensions: list[int], widths: dict[str, int]) -> str:
+    """Where models' hidden sizes stand against the dimensions read off the n-gram curves (paper Figure 7's
+    argument: the dimension of language against the width of small models), as a phrase for the prose.
+
+    Each model is *below* the dimensions when its width is smaller than all of them, *within* their range, or
+    *above* them; each group is named from its narrowest to its widest model, with their widths.
+
+    Args:
+        dimensions: the dimensions read (e.g. d at W-error 0.5 for each tokenizer); at least one.
+        widths: hidden size by model name.
+    """
+    if not dimensions:
+        raise ConfigurationError("width_comparison needs at least one dimension")
+    low, high = min(dimensions), max(dimensions)
+    groups = {
+        "above the hidden sizes of": [m for m, w in widths.items() if w < low],
+        "within the range of the hidden sizes of": [m for m, w in widths.items() if low <= w <= high],
+        "below the hidden sizes of": [m for m, w in widths.items() if w > high],
+    }
+
+    def named(models: list[str]) -> str:
+        models = sorted(models, key=widths.__getitem__)
+        if len(models) == 1:
+            return f"{models[0]} ({widths[models[0]]:,})"
+        return f"{models[0]} to {models[-1]} ({widths[models[0]]:,} to {widths[models[-1]]:,})"
+
+    return "; ".join(f"{words} {named(models)}" for words, models in groups.items() if models)
+
+
+def growth_exponents(growth: pd.DataFrame) -> dict[str, float]:
+    """The exponent a of d(0.5) ~ C^a for each tokenizer with at least two readable points (least squares on
+    log-log points; the book's question beyond the paper's Figure 7).
+
+    Args:
+        growth: one row per (tokenizer, C) with ``tokenizer``, ``C`` and ``d at 0.5`` (None where not readable).
+    """
+    exponents = {}
+    for tokenizer, group in growth.dropna(subset=["d at 0.5"]).groupby("tokenizer", sort=False):
+        if len(group) >= 2:
+            exponents[tokenizer] = float(np.polyfit(np.log(group.C), np.log(group["d at 0.5"].astype(float)), 1)[0])
+    return exponents
+
+
+def growth_phrase(exponents: dict[str, float], largest: int) -> str:
+    """What the growth exponents (:func:`growth_exponents`) say about a dimension read at ``largest`` contexts, as
+    a sentence for the prose: a lower bound when it grows with C for every tokenizer, else what was seen."""
+    if not exponents:
+        return "Too few points could be read to say whether these dimensions change with the number of contexts C."
+    low, high = min(exponents.values()), max(exponents.values())
+    measured = f"they grow as C^{low:.2f} to C^{high:.2f} with the number of contexts C (section 4)"
+    if low > 0:
+        return (
+            f"These dimensions are lower bounds at this corpus size, not absolute: {measured}, so a corpus "
+            f"large enough to read more than {largest:,} contexts above the noise would give larger ones."
+        )
+    return f"These dimensions do not grow with C for every tokenizer: the exponents are {low:.2f} to {high:.2f}."
+
+
 def dimension_claims(
-    curves: dict[str, NDArray[np.float64]], floors: dict[str, float], growth: pd.DataFrame
+    curves: dict[str, NDArray[np.float64]],
+    floors: dict[str, float],
+    growth: pd.DataFrame,
+    tokens: dict[str, int],
 ) -> list[Claim]:
     """The ledger records of the paper's Figure 7 and of the book's question about the number of contexts.
 
     Args:
         curves: each tokenizer's W-error curve at the chapter's C. floors: each one's noise floor (the larger of
             the two estimates). growth: one row per (tokenizer, C) with ``d at 0.5`` (None where not readable).
+        tokens: each tokenizer's number of tokens in the training split the matrices are built from.
     """
     readable, d05 = {}, {}
     for tokenizer, curve in curves.items():
@@ -116,14 +178,12 @@ def dimension_claims(
             f"for {len(inside)} of {len(curves)} tokenizers")  # fmt: skip
     figure7 = CLAIMS["fig7-ngram-dimension"].judge(
         "reproduced" if far else "not reproduced at this scale", book,
-        "5-gram matrices of the book's 23 MB corpus, exact W-error; noise floors estimated two ways",
-        ["the corpus has about 20 million tokens; the paper's Pile and WikiText far more",
+        "5-gram matrices of the training split of the book's corpus, exact W-error; noise floors estimated two ways",
+        [f"the training split has {min(tokens.values()):,} to {max(tokens.values()):,} tokens (by tokenizer); the "
+         "paper's Pile and WikiText far more",
          "the rank of a matrix of C contexts is at most C"],
     )  # fmt: skip
-    exponents = {}
-    for tokenizer, group in growth.dropna(subset=["d at 0.5"]).groupby("tokenizer"):
-        if len(group) >= 2:
-            exponents[tokenizer] = float(np.polyfit(np.log(group.C), np.log(group["d at 0.5"].astype(float)), 1)[0])
+    exponents = growth_exponents(growth)
     finding = (f"d(0.5) grows as C^a, a = {min(exponents.values()):.2f} to {max(exponents.values()):.2f}"
                if exponents else "too few readable points")  # fmt: skip
     contexts = CLAIMS["x-ngram-contexts"].judge(finding, finding, "the book's corpus, C = 250 to 4,000 contexts")

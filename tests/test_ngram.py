@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse
 
 from satlib import dimensionality, metrics, ngram
+from satlib.errors import ConfigurationError
 
 
 def naive_ngram_rows(ids: list[int], n: int) -> dict[tuple[int, ...], dict[int, float]]:
@@ -183,3 +185,29 @@ def test_split_halves_partition_the_occurrences():
     np.testing.assert_allclose(second.toarray(), [[0, 0, 1]])  # occurrences 1, 3: next 2, 2
     assert ngram.dimension_above_floor([1.0, 0.5, 0.2, 0.05], 0.1, floor=0.08) is None
     assert ngram.dimension_above_floor([1.0, 0.5, 0.2, 0.05], 0.2, floor=0.08) == 2
+
+
+def test_width_comparison_places_each_model_against_the_dimensions():
+    widths = {"tiny-d16": 16, "tiny-d128": 128, "tiny-d64": 64, "SmolLM2-135M": 576}
+    phrase = dimensionality.width_comparison([226, 159, 150], widths)
+    assert phrase == (
+        "above the hidden sizes of tiny-d16 to tiny-d128 (16 to 128); below the hidden sizes of SmolLM2-135M (576)"
+    )
+    inside = dimensionality.width_comparison([100, 200], {"a": 150})
+    assert inside == "within the range of the hidden sizes of a (150)"
+    with pytest.raises(ConfigurationError):
+        dimensionality.width_comparison([], widths)
+
+
+def test_growth_exponents_recover_a_power_law_and_the_phrase_follows_them():
+    counts = [250, 500, 1000, 2000]
+    growth = pd.DataFrame(
+        [{"tokenizer": t, "C": c, "d at 0.5": 3 * c**a} for t, a in (("x", 0.5), ("y", 0.8)) for c in counts]
+        + [{"tokenizer": "z", "C": 250, "d at 0.5": None}]
+    )
+    exponents = dimensionality.growth_exponents(growth)
+    assert exponents == pytest.approx({"x": 0.5, "y": 0.8})
+    assert "lower bounds" in dimensionality.growth_phrase(exponents, 2000)
+    assert "C^0.50 to C^0.80" in dimensionality.growth_phrase(exponents, 2000)
+    assert "do not grow" in dimensionality.growth_phrase({"x": 0.5, "y": -0.1}, 2000)
+    assert "Too few" in dimensionality.growth_phrase({}, 2000)
