@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,26 @@ DATA_DIR_ENV = "SATLIB_DATA_DIR"
 CACHE_DIR_ENV = "SATLIB_CACHE_DIR"
 #: A folder laid out like the hub (``<mirror>/EleutherAI/<name>/step<N>/``) that replaces it (tests, clusters).
 HUB_MIRROR_ENV = "SATLIB_HUB_MIRROR"
+#: The commit a copy of the source without its history was made from (provenance records, :func:`source_commit`).
+SOURCE_COMMIT_ENV = "SATLIB_SOURCE_COMMIT"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _REPO_ROOT = _PACKAGE_DIR.parent
+
+
+def source_commit() -> str:
+    """The commit of the checkout satlib runs from, for provenance records: ``SATLIB_SOURCE_COMMIT`` when set (a
+    copy of the source without its history, such as one sent to a GPU machine), else ``git rev-parse HEAD``, else
+    ``unknown``."""
+    if os.environ.get(SOURCE_COMMIT_ENV):
+        return os.environ[SOURCE_COMMIT_ENV]
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=_PACKAGE_DIR, timeout=30
+        )
+        return result.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def repository_root() -> Path | None:

@@ -31,8 +31,9 @@ import pandas as pd
 import torch
 
 from satlib.claims import CLAIMS, NEAR_FLOOR, SATURATION_RISE
+from satlib.config import source_commit
 from satlib.errors import ConfigurationError, MissingArtefactError
-from satlib.long_run import git_commit
+from satlib.long_run import training_provenance
 from satlib.models import suite_group
 from satlib.saturation import after_minimum, derived_columns
 from satlib.specs import SCHEDULES, SuiteSpec
@@ -232,12 +233,11 @@ def run(grid: ControlledGrid, jobs: int = 1, device: str = "cpu", snapshot: Path
                in zip(grid.students, runs_of(grid), strict=True)}  # fmt: skip
     provenance = {
         "command": " ".join(["python -m satlib", *sys.argv[1:]]) if sys.argv else "satlib.controlled.run",
-        "commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": source_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}; torch {torch.__version__}; "
         f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         "jobs": jobs, "wall_seconds": round(time.perf_counter() - started), "grid": asdict(grid),
-        "training": {label: {"seconds_last_session": r["seconds_this_run"],
-                             "tokens_per_second_last_session": r["tokens_per_second"]} for label, r in records.items()},
+        "training": {label: training_provenance(r) for label, r in records.items()},
     }  # fmt: skip
     columns = [c for c in table.columns if c not in ("last_anisotropy", "singular_entropy", "tokens_per_parameter")]
     result = {"provenance": provenance, "rows": table[columns].to_dict(orient="records")}

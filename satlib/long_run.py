@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from satlib.config import source_commit
 from satlib.errors import MissingArtefactError
 from satlib.evaluate import evaluation_windows
 from satlib.saturation import derived_columns
@@ -38,6 +38,8 @@ from satlib.tokenization import token_ids
 from satlib.training import CorpusBatches, ensure_trained, training_record
 
 SNAPSHOT = Path(__file__).resolve().parent / "data_files" / "snapshots" / "long_run.json"
+#: The command that remakes the snapshot today (``make long-run`` runs it); a snapshot records the command of its day.
+COMMAND = "python -m satlib long-run"
 #: Tokens of the validation split, and of the start of the training split, that every checkpoint is scored on.
 SAMPLE_TOKENS = 32_768
 #: Measurement names of snapshots written before the one measurement path (kept readable).
@@ -56,6 +58,18 @@ def long_runs(steps: int = 7000) -> list[SuiteSpec]:
     ]
 
 
+def training_provenance(record: dict) -> dict:
+    """What a snapshot records of one model's own training, from its completion record
+    (:func:`satlib.training.training_record`): seconds and tokens per second of its last training session, the commit
+    it was trained at and when it finished (``not recorded`` for models trained before the record held them)."""
+    return {
+        "seconds_last_session": record["seconds_this_run"],
+        "tokens_per_second_last_session": record["tokens_per_second"],
+        "commit": record.get("commit", "not recorded"),
+        "finished": record.get("finished", "not recorded"),
+    }
+
+
 def corpus_samples(vocab_size: int, context: int) -> dict[str, torch.Tensor]:
     """The validation sample (``evaluation``) and the training-split sample (``training``) every checkpoint of a
     corpus-trained run is measured on."""
@@ -63,24 +77,6 @@ def corpus_samples(vocab_size: int, context: int) -> dict[str, torch.Tensor]:
         "evaluation": evaluation_windows(token_ids("validation", vocab_size), context, SAMPLE_TOKENS),
         "training": evaluation_windows(token_ids("train", vocab_size), context, SAMPLE_TOKENS),
     }
-
-
-def git_commit() -> str:
-    """The commit of the checkout satlib runs from: ``SATLIB_SOURCE_COMMIT`` when set (a copy of the source without
-    its history, such as one sent to a GPU machine), else ``git rev-parse HEAD``, else ``unknown``."""
-    if os.environ.get("SATLIB_SOURCE_COMMIT"):
-        return os.environ["SATLIB_SOURCE_COMMIT"]
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return result.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run(specs: list[SuiteSpec], snapshot: Path = SNAPSHOT, widths: tuple[int, ...] = (), jobs: int = 1) -> dict:
@@ -101,24 +97,25 @@ def run(specs: list[SuiteSpec], snapshot: Path = SNAPSHOT, widths: tuple[int, ..
         for width in spec.widths
         if not widths or width in widths
     ]
-    ensure_trained(runs, jobs)
+    before = ensure_trained(runs, jobs)
     table = measure_trained(runs, corpus_samples(specs[0].vocab_size, specs[0].context))
     table = table.drop(columns=["group", "model", "layers", "seed"])
     records = {f"{spec.schedule}-d{width}": training_record(spec, width, data) for spec, width, data in runs}
     provenance = {
         "command": " ".join(["python -m satlib", *sys.argv[1:]]),
-        "commit": git_commit(),
+        "commit": source_commit(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}; torch {torch.__version__}, "
         "1 thread per model",
         "wall_seconds": round(time.perf_counter() - started),
-        "training": {
-            name: {
-                "seconds_last_session": r["seconds_this_run"],
-                "tokens_per_second_last_session": r["tokens_per_second"],
-            }
-            for name, r in records.items()
-        },
+        # this session's own work: the models it trained (none when every model was already trained and only
+        # measured); each model's training, possibly an earlier session's, is recorded under "training"
+        "trained_this_session": [
+            f"{spec.schedule}-d{width}"
+            for (spec, width, _), status in zip(runs, before, strict=True)
+            if status != "complete"
+        ],
+        "training": {name: training_provenance(r) for name, r in records.items()},
         "specs": [asdict(spec) for spec in specs],  # the cache keys; widths_trained says which models ran
         "widths_trained": sorted({width for _, width, _ in runs}),
         "sample_tokens": SAMPLE_TOKENS,
@@ -127,6 +124,18 @@ def run(specs: list[SuiteSpec], snapshot: Path = SNAPSHOT, widths: tuple[int, ..
     result = {"provenance": provenance, "rows": table.to_dict(orient="records")}
     write_json(snapshot, result)
     return result
+
+
+def provenance_tables(provenance: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A snapshot's provenance as two tables: the session that last wrote the file (command, commit, date, machine,
+    wall time, the models it trained: none when it only measured models trained before), and each model's own
+    training (seconds and speed of its last session, the commit it was trained at, when it finished)."""
+    keys = ("command", "commit", "date", "machine", "wall_seconds", "trained_this_session")
+    session = {key: provenance.get(key, "not recorded") for key in keys}
+    if isinstance(session["trained_this_session"], list):
+        session["trained_this_session"] = ", ".join(session["trained_this_session"]) or "none (measurements only)"
+    training = pd.DataFrame(provenance["training"]).T.rename_axis("run")
+    return pd.Series(session, name="the session that wrote the snapshot").to_frame(), training
 
 
 def load_snapshot(path: Path = SNAPSHOT) -> tuple[pd.DataFrame, dict]:

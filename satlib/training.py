@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 from safetensors.torch import load_file, save_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from satlib.config import source_commit
 from satlib.errors import ConfigurationError
 from satlib.models import Checkpoint, corpus_data_id, model_dir, trained_checkpoint
 from satlib.specs import SuiteSpec
@@ -305,6 +306,8 @@ def _train(
             "trained_by_pid": os.getpid(),
             "seconds_this_run": round(seconds, 1),
             "tokens_per_second": round((step - first_step) * spec.tokens_per_step / max(seconds, 1e-9)),
+            "commit": source_commit(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
         }
         write_atomically(folder / "complete.json", json.dumps(record))  # first: a kill now loses nothing
         for point in folder.glob("resume-*"):

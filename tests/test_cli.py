@@ -68,3 +68,15 @@ def test_head_experiments_run_on_the_backbones_asked_for_only(monkeypatch):
         assert ran == [("mixture", suite_backbone)]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_commands_the_book_prints_for_its_snapshots_exist():
+    """Chapter 01 prints ``long_run.COMMAND`` as the way to remake its snapshot (issue 27, item 8): the command line
+    parses it, and ``make long-run`` runs exactly it."""
+    from satlib import cli, long_run
+
+    prefix = "python -m satlib "
+    assert long_run.COMMAND.startswith(prefix)
+    arguments = cli.parser().parse_args(long_run.COMMAND.removeprefix(prefix).split())
+    assert arguments.run is cli.long_run
+    assert f"$(BIN)/{long_run.COMMAND} $(LONG_RUN_ARGS)" in (ROOT / "Makefile").read_text()

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from satlib import models, presets, specs, training
+from satlib import config, long_run, models, presets, specs, training
 from satlib.errors import ConfigurationError, DamagedArtefactError, MissingArtefactError
 
 TEST_SPEC = specs.SuiteSpec(name="test", widths=(8, 16), vocab_size=64, context=16, batch_size=4, steps=40,
@@ -157,8 +157,12 @@ def test_concurrent_requests_train_once(tmp_path):
     folder = tmp_path / "suite" / f"test-{TEST_SPEC.key()}-{DATA.identity}" / "d16"
     trainers = (folder / "trainers.log").read_text().split()
     assert len(trainers) == 1, f"trained {len(trainers)} times"
-    assert int(trainers[0]) == json.loads((folder / "complete.json").read_text())["trained_by_pid"]
+    record = json.loads((folder / "complete.json").read_text())
+    assert int(trainers[0]) == record["trained_by_pid"]
     assert trainers[0] in {o[1] for o in outputs}
+    provenance = long_run.training_provenance(record)  # the training's own provenance, for snapshots (issue 27)
+    assert provenance["commit"] == config.source_commit() and provenance["finished"].startswith("20")
+    assert provenance["seconds_last_session"] == record["seconds_this_run"]
 
 
 @pytest.mark.slow
