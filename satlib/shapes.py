@@ -67,9 +67,10 @@ def shape_comparison(
     return derived_columns(table)
 
 
-def shapes_claim(table: pd.DataFrame) -> Claim:
+def shapes_claim(table: pd.DataFrame, base: SuiteSpec = TINY_SUITE) -> Claim:
     """The ledger record of wider against deeper (:func:`shape_comparison`): the final held-out losses of the two
-    shapes, paired by seed (:func:`satlib.verdicts.compare`), and whether either saturated."""
+    shapes, paired by seed (:func:`satlib.verdicts.compare`), and whether either saturated. Both shapes train at
+    ``base``'s recipe and peak learning rate, not tuned per shape, so the finding names that budget and that rate."""
     final = table[table.step == table.step.max()]
     runs = list(dict.fromkeys(final.run))
     wide, deep = (final[final.run == run].set_index("seed").heldout_loss for run in runs[:2])
@@ -79,9 +80,13 @@ def shapes_claim(table: pd.DataFrame) -> Claim:
     word = {"lower": f"{runs[0]} is better", "higher": f"{runs[1]} is better"}.get(
         versus.direction, "no clear difference"
     )
-    finding = f"{word} at one budget ({versus.difference:+.3f} nats, seed range {versus.spread:.3f})"
+    finding = (f"{word} at this budget and this rate ({final.tokens_per_parameter.max():.1f} tokens per parameter, "
+               f"{base.steps:,} steps, peak learning rate {base.peak_lr:g} for both shapes; "
+               f"{versus.difference:+.3f} nats, seed range {versus.spread:.3f})")  # fmt: skip
     book = (f"final held-out loss {runs[0]} {wide[seeds].mean():.3f}, {runs[1]} {deep[seeds].mean():.3f} over "
             f"{len(seeds)} seeds; {int(verdicts.saturated.sum())} of {len(verdicts)} runs saturate")  # fmt: skip
     caveats = ["one seed" if versus.one_seed else "",
-               f"{final.tokens_per_parameter.max():.1f} tokens per parameter: far from saturation"]  # fmt: skip
+               f"{final.tokens_per_parameter.max():.1f} tokens per parameter: far from saturation",
+               f"one peak learning rate ({base.peak_lr:g}, the suite's) for both shapes, not chosen per shape on "
+               "validation: another rate could change the order"]  # fmt: skip
     return CLAIMS["x-wide-vs-deep"].judge(finding, book, "this book's models trained alike on the corpus", caveats)
