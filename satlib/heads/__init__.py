@@ -19,17 +19,21 @@ from satlib.heads.features import HeadData, backbone_features, experiment_data
 from satlib.heads.lowrank import (
     HeadFactors,
     LowRankHead,
+    covariance_factors,
     degradation_onset,
     evaluate_head,
     fit_head,
     head_factors,
     search_learning_rate,
+    truncation_finding,
+    truncation_losses,
 )
 from satlib.heads.mixture import MixtureOfSoftmaxes, ResidualControl, log_probability_spectrum, matched_output_width
 
 __all__ = [
     "HeadData", "HeadFactors", "LowRankHead", "MixtureOfSoftmaxes", "ResidualControl", "backbone_features",
-    "degradation_onset", "evaluate_head", "experiment_data", "expressive_heads", "fit_head", "head_factors",
-    "log_probability_spectrum", "matched_output_width", "mixture_summary", "rank_constrained_heads", "rank_summary",
-    "run_mixture_experiment", "run_rank_experiment", "search_learning_rate",
+    "covariance_factors", "degradation_onset", "evaluate_head", "experiment_data", "expressive_heads", "fit_head",
+    "head_factors", "log_probability_spectrum", "matched_output_width", "mixture_summary", "rank_constrained_heads",
+    "rank_summary", "run_mixture_experiment", "run_rank_experiment", "search_learning_rate", "truncation_finding",
+    "truncation_losses",
 ]  # fmt: skip

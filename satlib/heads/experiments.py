@@ -123,9 +123,10 @@ def rank_constrained_heads(preset: str | Preset = "tiny", device: str = "cpu", d
 
 
 def rank_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per backbone and rank, over seeds: the chosen heads' test loss (mean, spread = range, seeds), the loss
-    relative to the full-rank head of the same seed (mean and range), the chosen rates, how many sit at a grid
-    edge, the W-error and the truncated head's loss, and the backbone's own head."""
+    """Per backbone and rank, over seeds: the chosen heads' test loss (mean, spread = range, ``seeds``), the loss
+    relative to the full-rank head of the same seed (mean and range), ``chosen_rate`` (the rate the rank's one
+    search chose, with the first seed; the other seeds train at it), ``choices`` (searches: one), how many choices
+    sit at a grid edge, the W-error and the truncated head's loss, and the backbone's own head."""
     rows = []
     for model, group in runs.groupby("model", sort=False):
         chosen = group[group.chosen & ~group.original]
@@ -133,6 +134,7 @@ def rank_summary(runs: pd.DataFrame) -> pd.DataFrame:
         reference = chosen[chosen["rank"] == full_rank].set_index("seed").test_loss
         own = float(group[group.original].test_loss.iloc[0])
         for rank, by_rank in chosen.groupby("rank"):
+            searched = by_rank[by_rank.tuned.astype(bool)]  # the first seed's choice; the others reuse its rate
             ratios = [row.test_loss / reference[row.seed] for row in by_rank.itertuples() if row.seed in reference]
             rows.append(
                 {
@@ -145,8 +147,8 @@ def rank_summary(runs: pd.DataFrame) -> pd.DataFrame:
                     "test_accuracy": float(by_rank.test_accuracy.mean()),
                     "relative_loss": float(np.mean(ratios)) if ratios else float("nan"),
                     "relative_loss_spread": float(np.ptp(ratios)) if ratios else float("nan"),
-                    "learning_rate": float(by_rank[by_rank.tuned.astype(bool)].learning_rate.median()),
-                    "choices": int(by_rank.tuned.astype(bool).sum()),
+                    "chosen_rate": float(searched.learning_rate.iloc[0]),
+                    "choices": len(searched),
                     "at_edge": int(by_rank.at_edge.sum()),
                     "w_error": float(by_rank.w_error.iloc[0]),
                     "truncated_loss": float(by_rank.truncated_loss.iloc[0]),
@@ -295,14 +297,14 @@ def paper_relative_losses(figure6: pd.DataFrame, column: str, width: int) -> dic
 
 
 def rank_claims(summary: pd.DataFrame, model: str, paper_relative: dict[int, float],
-                paper_onset: dict, paper_width: int) -> list[Claim]:  # fmt: skip
+                paper_onset: dict, paper_width: int, paper_model: str = "Pythia-1B") -> list[Claim]:  # fmt: skip
     """The ledger records of §5.1 (Figures 6, 8 and 9) from one backbone's :func:`rank_summary`.
 
     Args:
         summary: :func:`rank_summary` rows; the backbone ``model`` is judged.
         paper_relative: the paper's loss relative to full rank, by rank (:func:`paper_relative_losses`).
         paper_onset: :func:`satlib.heads.lowrank.degradation_onset` of the paper's Figure 8.
-        paper_width: the hidden size of the paper's backbone in ``paper_relative``.
+        paper_width, paper_model: the hidden size and the name of the paper's backbone in ``paper_relative``.
     """
     rows = summary[summary.model == model].sort_values("rank").set_index("rank")
     width = int(rows.width.iloc[0])
@@ -310,8 +312,8 @@ def rank_claims(summary: pd.DataFrame, model: str, paper_relative: dict[int, flo
     above = [r.relative_loss - 1 > r.relative_loss_spread for r in (half, quarter)]
     monotone = bool(np.all(np.diff(rows.test_loss.to_numpy()) <= rows.test_loss_spread.max()))
     seeds = int(rows.seeds.loc[[width // 4, width // 2, width]].min())
-    paper = (f"Pythia-{paper_width}-wide backbone: {paper_relative[paper_width // 2]:.3f} times the full-rank loss at "
-             f"r = d/2 and {paper_relative[paper_width // 4]:.3f} at d/4 (Figure 6, digitised)")  # fmt: skip
+    paper = (f"{paper_model} (d = {paper_width:,}): {paper_relative[paper_width // 2]:.3f} times the full-rank loss "
+             f"at r = d/2 and {paper_relative[paper_width // 4]:.3f} at d/4 (Figure 6, digitised)")  # fmt: skip
     verdict = "partly reproduced" if any(above) else "not reproduced at this scale"
     figure6 = CLAIMS["fig6-rank-heads"].judge(
         "reproduced" if all(above) and monotone else verdict,
@@ -325,7 +327,8 @@ def rank_claims(summary: pd.DataFrame, model: str, paper_relative: dict[int, flo
     )  # fmt: skip
     threshold = CLAIMS["fig6-rank-threshold"].judge(
         "not tested",
-        f"the book's backbones are {width} and 576 wide, below the threshold's r of about 1,000",
+        f"the book's backbones are {' and '.join(f'{w:,}' for w in sorted(summary.width.unique()))} wide, below "
+        "the threshold's r of about 1,000",
         "—",
         ["needs backbones wider than about 1,000 (the pythia preset, on a GPU)"],
     )
@@ -341,16 +344,19 @@ def rank_claims(summary: pd.DataFrame, model: str, paper_relative: dict[int, flo
          f"the book's head never reaches W-error 0.6 (at most {rows.w_error.max():.2f})" if rows.w_error.max() < 0.6
          else ""],
     )  # fmt: skip
-    rates = rows.learning_rate.to_numpy()
+    rates = rows.chosen_rate.to_numpy()
     falling = bool(np.all(np.diff(rates) <= 0) and rates[-1] < rates[0])
     edges = int(rows.at_edge.sum())
+    single = [display_name(str(m)) for m, group in summary.groupby("model", sort=False) if group.seeds.max() == 1]
     figure9 = CLAIMS["fig9-learning-rates"].judge(
         "reproduced" if falling else "not reproduced at this scale",
-        f"median chosen rate {rates[0]:g} at r = {int(rows.index[0])} to {rates[-1]:g} at r = d; "
-        f"{'never increases' if falling else 'not monotone'} with the rank",
-        "this book's learning-rate search (validation sample)",
-        [f"{edges} choices still at a grid edge after extending the grid" if edges else ""],
-    )
+        f"{display_name(model)}: the rate chosen by the one search per rank (first seed) goes from {rates[0]:g} "
+        f"at r = {int(rows.index[0])} to {rates[-1]:g} at r = d; {'never increases' if falling else 'not monotone'} "
+        "with the rank",
+        "one learning-rate search per rank on the validation sample, with the first seed (the others reuse its rate)",
+        [f"{edges} choices still at a grid edge after extending the grid" if edges else "",
+         f"one seed at every rank, hence no seed spread: {', '.join(single)}" if single else ""],
+    )  # fmt: skip
     return [figure6, threshold, figure8, figure9]
 
 

@@ -9,13 +9,15 @@ matrix products, never the V x d product::
 
 :func:`fit_head` trains any head (this one, a mixture, a linear head) on cached features with Adam, a warm-up and
 cosine decay; :func:`search_learning_rate` picks its peak rate on a validation sample, widening the grid while the
-best rate sits at its edge, and scores the chosen head on a separate test sample.
+best rate sits at its edge, and scores the chosen head on a separate test sample. :func:`truncation_losses` scores
+the backbone's own head truncated in two metrics: its entries' (the plain SVD) and its logits'
+(:func:`covariance_factors`, the SVD weighted by the second moment of the hidden states).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -33,7 +35,9 @@ EVALUATION_ROWS = 128
 
 
 class HeadFactors(NamedTuple):
-    """The thin SVD ``W = U diag(S) Vt`` of a (V, d) head in float64: U (V, k), S (k,), Vt (k, d), k = min(V, d)."""
+    """Factors ``W = U diag(S) Vt`` of a (V, d) head in float64: U (V, k), S (k,), Vt (k, d), k = min(V, d), ordered
+    by S. From :func:`head_factors`, the thin SVD; from :func:`covariance_factors`, the SVD of the head in the metric
+    of its logits (Vt's rows then need not be orthonormal). ``LowRankHead.from_head(factors, r)`` keeps the first r."""
 
     u: torch.Tensor
     s: torch.Tensor
@@ -43,6 +47,33 @@ class HeadFactors(NamedTuple):
 def head_factors(weight: torch.Tensor) -> HeadFactors:
     """The float64 thin SVD of a (V, d) head (seconds for SmolLM2's 49,152 x 576: computed once per experiment)."""
     return HeadFactors(*torch.linalg.svd(weight.detach().double(), full_matrices=False))
+
+
+def covariance_factors(weight: torch.Tensor, features: torch.Tensor, floor: float = 1e-10) -> HeadFactors:
+    """Factors of a (V, d) head ordered by what each direction adds to its logits on ``features`` (N, d), the
+    covariance-weighted SVD (the plain truncation of :func:`head_factors` minimises the error of the head's entries,
+    Eckart–Young–Mirsky as in paper §5.1 and Figure 8; this one the error of the logits ``h Wᵀ`` the loss reads).
+
+    With Σ = Hᵀ H / N the features' second moment (uncentred: logits are linear in h, with no bias) and C = Σ^½
+    (symmetric eigendecomposition; eigenvalues below ``floor`` times the largest are raised to that level, so that
+    C is invertible), the logit error of any head W' is ``‖H (W - W')ᵀ‖_F / √N = ‖(W - W') C‖_F``. Its best rank-r
+    minimiser is ``W_r = trunc_r(W C) C⁻¹``. With ``U diag(S) Vt`` the thin SVD of W C (V x d), the factors returned
+    are ``(U, S, Vt C⁻¹)``: they multiply back to W, ``LowRankHead.from_head(factors, r)`` is W_r, S are the singular
+    values of ``H Wᵀ / √N``, and the logit error at rank r is the root of the sum of the squared S beyond r.
+
+    Args:
+        weight: the (V, d) head.
+        features: (N, d) hidden states the head reads: a training sample, never the sample a head is scored on.
+        floor: the smallest eigenvalue of Σ kept, relative to its largest.
+    """
+    hidden = features.detach().double()
+    second_moment = hidden.T @ hidden / hidden.shape[0]  # (d, d)
+    eigenvalues, eigenvectors = torch.linalg.eigh(second_moment)
+    eigenvalues = eigenvalues.clamp_min(floor * float(eigenvalues.max()))
+    root = (eigenvectors * eigenvalues.sqrt()) @ eigenvectors.T  # C = Σ^½, (d, d)
+    inverse_root = (eigenvectors / eigenvalues.sqrt()) @ eigenvectors.T  # C⁻¹
+    u, s, vt = torch.linalg.svd(weight.detach().double() @ root, full_matrices=False)
+    return HeadFactors(u, s, vt @ inverse_root)
 
 
 class LowRankHead(torch.nn.Module):
@@ -220,3 +251,80 @@ def degradation_onset(ranks: list[int], losses: list[float], w_errors: list[floa
         if relative > 1 + tolerance:
             return {"rank": int(ranks[index]), "w_error": float(w_errors[index]), "relative_loss": float(relative)}
     return {"rank": None, "w_error": None, "relative_loss": None}
+
+
+def truncation_losses(weight: torch.Tensor, train: Split, test: Split, ranks: Sequence[int]) -> pd.DataFrame:
+    """A (V, d) head truncated to each rank, untrained, in two metrics (the dashed curves of paper Figure 8, and a
+    test of why they lose): its own entries' (:func:`head_factors`) and its logits' on the ``train`` features
+    (:func:`covariance_factors`). Two SVDs of the head in all (seconds for SmolLM2's 49,152 x 576).
+
+    Returns:
+        One row per rank: ``rank``; ``truncated_loss`` and ``weighted_truncated_loss``, the test loss of the plain
+        and of the covariance-weighted truncation; ``logit_error`` and ``weighted_logit_error``, their error on the
+        train features' logits relative to the head's, ``‖H (W - W_r)ᵀ‖_F / ‖H Wᵀ‖_F`` (the weighted one is the
+        smallest any rank-r head can reach).
+    """
+    plain, weighted = head_factors(weight), covariance_factors(weight, train[0])
+    hidden = train[0].detach().double()
+    # ‖H Xᵀ‖² = N tr(Σ XᵀX): the plain tail's energy is Σᵢ sᵢ² vᵢᵀ Σ vᵢ over the dropped directions i (U orthonormal)
+    plain_energy = plain.s**2 * ((hidden @ plain.vt.T) ** 2).mean(0)
+    weighted_energy = weighted.s**2
+    rows = []
+    for rank in ranks:
+        rows.append(
+            {
+                "rank": int(rank),
+                "truncated_loss": evaluate_head(LowRankHead.from_head(plain, int(rank)), test)[0],
+                "weighted_truncated_loss": evaluate_head(LowRankHead.from_head(weighted, int(rank)), test)[0],
+                "logit_error": float((plain_energy[rank:].sum() / plain_energy.sum()).sqrt()),
+                "weighted_logit_error": float((weighted_energy[rank:].sum() / weighted_energy.sum()).sqrt()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+#: The share of the plain truncation's gap to the full head that the weighted truncation must recover, at every rank,
+#: for :func:`truncation_finding` to blame the metric of the truncation.
+MOST_OF_THE_GAP = 0.5
+
+
+def truncation_finding(table: pd.DataFrame, full_loss: float, width: int, most: float = MOST_OF_THE_GAP) -> str:
+    """One sentence, computed from :func:`truncation_losses`: does truncating a head in the metric of its logits
+    close the gap that the plain truncation opens to the full head (``full_loss``, nats)?
+
+    At each rank below ``width`` where the plain truncation loses, the share of the gap recovered is
+    ``(plain - weighted) / (plain - full)``. At least ``most`` at every such rank: most of the plain truncation's
+    loss comes from truncating in the wrong metric, not from information spread over every direction of the head.
+    Less at every such rank: that hypothesis survives this test. A mix names the ranks of each.
+    """
+    rows = table[(table["rank"] < width) & (table.truncated_loss > full_loss)].sort_values("rank")
+    if rows.empty:
+        return "Truncated to any of these ranks, the head loses nothing against its full rank: there is no gap."
+    shares = ((rows.truncated_loss - rows.weighted_truncated_loss) / (rows.truncated_loss - full_loss)).tolist()
+    ranks = [f"r = {rank}" for rank in rows["rank"]]
+    sentence = (
+        "Truncated in the metric of its logits instead (the SVD of the head weighted by the second moment of the "
+        f"hidden states it reads), the same head scores {_listed([f'{x:.2f}' for x in rows.weighted_truncated_loss])}"
+        f" nats at {_listed(ranks)} (plain truncation: {_listed([f'{x:.2f}' for x in rows.truncated_loss])}; full "
+        f"head: {full_loss:.2f}), recovering {_listed([f'{s:.0%}' if s > 0 else 'none' for s in shares])} of the gap. "
+    )
+    good = [rank for rank, share in zip(ranks, shares, strict=True) if share >= most]
+    if len(good) == len(ranks):
+        return sentence + (
+            "Most of the plain truncation's loss therefore comes from truncating in the wrong metric (the head's "
+            "own entries, blind to which directions the hidden states use), not from information spread over all "
+            "of the head's directions."
+        )
+    if not good:
+        return sentence + (
+            "The hypothesis that the head spreads its information over all of its directions, so that cutting any "
+            "of them breaks the calibration of the logits, survives this test."
+        )
+    bad = [rank for rank in ranks if rank not in good]
+    return sentence + (
+        f"Truncating in the wrong metric explains most of the loss at {_listed(good)}, not at {_listed(bad)}."
+    )
