@@ -145,3 +145,37 @@ def test_after_minimum_skips_missing_measurements():
                         "singular_entropy": [1.0, 1.0, 1.0, 1.0]})  # fmt: skip
     best, rise, anisotropy_jumped, entropy_jumped = saturation.after_minimum(run, jump=0.2)
     assert best == 2 and rise == pytest.approx(0.1) and anisotropy_jumped and not entropy_jumped
+
+
+def _collapses(peaks: list[float], minima: list[float], late: list[float]) -> pd.DataFrame:
+    table = pd.DataFrame(
+        {"peak": peaks, "minimum": minima, "late maximum": late}, index=[f"m{i}" for i in range(len(peaks))]
+    )
+    return table.assign(fell=table.minimum < 0.5 * table.peak, collapsed=table["late maximum"] > 2 * table.minimum)
+
+
+def test_entropy_phases_text_follows_the_computed_counts_and_ranges():
+    paper = pd.Series([0.19, 0.31])
+    none_fell = spectra.entropy_phases_text(_collapses([2.66, 1.0], [2.646, 0.8], [3.04, 0.9]), paper)
+    assert "do not flatten" in none_fell and "in none of the 2 models" in none_fell
+    assert "0.80 to 0.99 times the peak" in none_fell and "0.19 to 0.31" in none_fell
+    assert "No collapse follows: the largest late rise is 1.15 times" in none_fell
+    some = spectra.entropy_phases_text(_collapses([2.0, 1.0], [0.5, 0.8], [0.6, 0.9]), paper)
+    assert "flatten in 1 of the 2 models" in some and "In the others (m1) it stays at 0.80 to 0.80" in some
+    every = spectra.entropy_phases_text(_collapses([2.0, 1.0], [0.5, 0.2], [2.0, 0.3]), paper)
+    assert "every one of the models" in every and "reaching 0.20 to 0.50" in every
+    assert "A collapse follows in 1 of the 2 models (m0): a late rise of up to 4.00 times" in every
+
+
+def test_snapshot_provenance_keeps_the_writing_session_apart_from_each_models_training():
+    _, provenance = long_run.load_snapshot()
+    session, training = long_run.provenance_tables(provenance)
+    values = session.iloc[:, 0]
+    assert values["wall_seconds"] == provenance["wall_seconds"]
+    assert values["trained_this_session"] == (
+        ", ".join(provenance["trained_this_session"]) or "none (measurements only)"
+    )
+    assert set(training.index) == set(provenance["training"])
+    assert {"seconds_last_session", "tokens_per_second_last_session", "commit", "finished"} <= set(training.columns)
+    old = {key: value for key, value in provenance.items() if key != "trained_this_session"}
+    assert long_run.provenance_tables(old)[0].iloc[:, 0]["trained_this_session"] == "not recorded"
