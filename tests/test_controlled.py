@@ -35,7 +35,8 @@ def test_a_micro_grid_end_to_end(cache):
     assert {"heldout_loss", "floor", "entropy_rate", "gap_to_floor", "singular_entropy"} <= set(table.columns)
     narrow = table[table.width == 2]
     assert (narrow.floor > narrow.entropy_rate).all()  # below the rank the floor is above the entropy rate
-    assert table[table.width == 8].floor.eq(table[table.width == 8].entropy_rate).all()  # at or above: equal
+    wide = table[table.width == 8]  # at or above the rank: equal, up to the last bits of the float64 fit
+    assert (wide.floor - wide.entropy_rate).abs().max() < 1e-12
     verdict = controlled.verdicts(table)
     assert len(verdict) == 2 and verdict["tokens per parameter"].gt(0).all()
     claim = controlled.controlled_claim(verdict, MICRO.rank, "a micro grid")
