@@ -61,8 +61,9 @@ _CLAIMS = [
         "Pile loss lowest before the end for 14M, 31M, 70M and 160M (Figure 1a, digitised); Table 1 (exact)",
         "In Pythia's published zero-shot LAMBADA perplexity (checkpoints from step 13,000), every model of 160M "
         "parameters or fewer that the evaluations include ends more than 10% above its best checkpoint, and every "
-        "model of 1B parameters or more ends within 10% of its best. Reproduced when both hold; partly reproduced "
-        "when only the first does; contradicted when the first fails.",
+        "model of 1B parameters or more ends within 10% of its best. Re-derived (the paper's own models, read in "
+        "other published data) when both hold; partly re-derived when only the first does; not re-derived when the "
+        "first fails.",
     ),
     ClaimSpec(
         "table1",
@@ -73,8 +74,9 @@ _CLAIMS = [
         "then 43.2% (Table 1, exact; the paper does not define its best checkpoint)",
         "For each metric of Table 1 that Pythia's evaluations include, the final checkpoint is worse than that "
         "metric's own best checkpoint from step 13,000 by more than two standard errors of the difference "
-        "(the harness's standard errors, combined in quadrature). Reproduced when every such metric meets it, partly "
-        "reproduced when some do, contradicted when none does.",
+        "(the harness's standard errors, combined in quadrature). Re-derived (the paper's own model, read in other "
+        "published data) when every such metric meets it, partly re-derived when some do, not re-derived when none "
+        "does.",
     ),
     ClaimSpec(
         "fig1b-fit",

@@ -62,7 +62,7 @@ def saturation_claim(degradation: pd.DataFrame, sizes: pd.Series, threshold: flo
     small = ratio[sizes[ratio.index] <= 2e8]
     large = ratio[sizes[ratio.index] >= 1e9]
     small_ok, large_ok = bool((small > threshold).all()), bool((large <= threshold).all())
-    verdict = "reproduced" if small_ok and large_ok else "partly reproduced" if small_ok else "contradicted"
+    verdict = "re-derived" if small_ok and large_ok else "partly re-derived" if small_ok else "not re-derived"
     middle = ratio[(sizes[ratio.index] > 2e8) & (sizes[ratio.index] < 1e9)]
     book = (
         f"final / best LAMBADA perplexity: {', '.join(f'{m} {v:.2f}' for m, v in small.items())}; "
@@ -113,7 +113,7 @@ def table1_comparison(value: dict[str, pd.Series], stderr: dict[str, pd.Series],
 def table1_claim(comparison: pd.DataFrame) -> Claim:
     """The ledger record of Table 1 from :func:`table1_comparison`."""
     worse = list(comparison.index[comparison["clearly worse"]])
-    verdict = "reproduced" if len(worse) == len(comparison) else "partly reproduced" if worse else "contradicted"
+    verdict = "re-derived" if len(worse) == len(comparison) else "partly re-derived" if worse else "not re-derived"
     book = "; ".join(
         f"{name} {row.best:.1f} (step {row['best step']:,}) then {row.final:.1f}"
         f"{'' if row['clearly worse'] else ' (within noise)'}"

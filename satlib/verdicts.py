@@ -22,8 +22,10 @@ VERDICTS = {
     "reproduced": "independent data or models, criterion met",
     "re-derived": "recomputed from the paper's own values or other published data: agreement checks the method, "
     "not the finding",
-    "partly re-derived": "recomputed from the paper's own values: some parts of the criterion met, others not",
-    "not re-derived": "recomputed from the paper's own values, which do not give the paper's stated result",
+    "partly re-derived": "recomputed from the paper's own values or other published data: some parts of the "
+    "criterion met, others not",
+    "not re-derived": "recomputed from the paper's own values or other published data, which do not give the "
+    "paper's stated result",
     "verified (vacuous here)": "a bound that holds wherever it was checked but is too loose to constrain the "
     "quantity it bounds at the book's scale",
     "partly reproduced": "some parts of the criterion met, others not",
