@@ -25,6 +25,7 @@ __all__ = [
     "TimingSummary",
     "anisotropy",
     "anisotropy_claims",
+    "minimum_tolerance",
     "paper_anisotropy_timing",
     "readings",
     "sensitivity_pivot",
@@ -41,8 +42,15 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 WINDOW = 25_000
 #: The errors of the book's reading of Figure 3 (its data file's header): perplexity relative, anisotropy absolute.
 PPL_ERROR, ANISO_ERROR = 0.02, 0.03
-#: The paper's Figure 3 has a checkpoint every this many steps (Pythia's checkpoints); the book reads fewer.
+#: Pythia publishes a checkpoint every this many steps (Biderman et al. 2023), the resolution the paper's Figure 3
+#: can draw on; the book's digitisation reads it about every 10,000.
 PAPER_CHECKPOINT_EVERY = 1_000
+
+
+def minimum_tolerance(ppl_error: float = PPL_ERROR) -> float:
+    """How far above the lowest perplexity reading another reading can be and still be the true minimum, when each
+    reading is off by up to ``ppl_error`` (relative): (1 + e) / (1 - e) - 1, about 4% for e = 2%."""
+    return (1 + ppl_error) / (1 - ppl_error) - 1
 
 
 def training_landmarks(measurements: pd.DataFrame, value: str, loss: str = "heldout_loss") -> pd.DataFrame:
@@ -107,7 +115,7 @@ def _model_name(prefix: str) -> str:
 
 def readings(ppl_error: float = PPL_ERROR, aniso_error: float = ANISO_ERROR) -> tuple[str, ...]:
     """The readings of Figure 3 the timing is judged under: as read, then each error of the reading alone."""
-    return ("as read", f"minimum within {ppl_error:.0%}", "crossing one reading earlier",
+    return ("as read", f"minimum within {minimum_tolerance(ppl_error):.0%}", "crossing one reading earlier",
             f"anisotropy +{aniso_error:g}", f"anisotropy −{aniso_error:g}")  # fmt: skip
 
 
@@ -123,7 +131,8 @@ def timing_sensitivity(
     For each threshold and each of :func:`readings` (one error at a time), each model's delay from its perplexity
     minimum to the first digitised checkpoint whose anisotropy exceeds the threshold, and whether the criterion
     holds (the crossing no earlier than the minimum and at most ``window`` steps after it). The readings: ``as
-    read``; the minimum at any checkpoint whose perplexity is within ``ppl_error`` of the lowest (the delay then
+    read``; the minimum at any checkpoint whose perplexity is within :func:`minimum_tolerance` of the lowest (each
+    reading off by up to ``ppl_error``; the delay then
     spans the candidates, and the worst one counts); the crossing one reading earlier (the true first checkpoint
     above lies after the last reading below; before the first reading, one median interval earlier); anisotropy
     read ``aniso_error`` higher or lower everywhere (which also bounds independent errors of each reading).
@@ -151,7 +160,7 @@ def timing_sensitivity(
                 ppl = figure3[column].to_numpy(dtype=float)
                 aniso = figure3[f"{model}_aniso"].to_numpy(dtype=float) + shifts.get(reading, 0.0)
                 if reading == labels[1]:
-                    candidates = steps[ppl <= ppl.min() * (1 + ppl_error) + 1e-9]
+                    candidates = steps[ppl <= ppl.min() * (1 + minimum_tolerance(ppl_error)) + 1e-9]
                 else:
                     candidates = steps[[int(np.argmin(ppl))]]
                 above = np.flatnonzero(np.round(aniso, 9) > round(threshold, 9))  # 0.27 + 0.03 is not above 0.3
@@ -173,8 +182,9 @@ def timing_sensitivity(
 
 
 def sensitivity_pivot(sensitivity: pd.DataFrame) -> pd.DataFrame:
-    """:func:`timing_sensitivity` as one table: thresholds as rows, readings as columns, each cell ``holds``, ``no
-    model rises`` or the models that break the criterion and by how much (``Pythia-14M 20,000 early``)."""
+    """:func:`timing_sensitivity` as one table (the paper's Figure 3 timing): thresholds as rows, readings as
+    columns, each cell ``holds``, ``no model rises`` or the models that break the criterion and by how much
+    (``Pythia-14M 20,000 early``)."""
     cells: dict[str, dict[str, str]] = {}
     for (threshold, reading), group in sensitivity.groupby(["threshold", "reading"], sort=False):
         broken = group.breaks[~group.holds]
@@ -280,7 +290,8 @@ def timing_text(summary: TimingSummary) -> str:
         sentences = [f"As read, the {summary.rising} models whose anisotropy rises above {t} first exceed it {span} "
                      f"their lowest perplexity, {ending}."]  # fmt: skip
     sentences.append(
-        f"The reading is coarse: the paper's Figure 3 has a checkpoint every {PAPER_CHECKPOINT_EVERY:,} steps, but "
+        f"The reading is coarse: Pythia publishes a checkpoint every {PAPER_CHECKPOINT_EVERY:,} steps (Biderman et "
+        "al. 2023), which the paper's Figure 3 can draw on, but "
         f"the book reads it only about every {summary.reading_every:,}, with perplexity known to about "
         f"{summary.ppl_error:.0%} and anisotropy to about {summary.aniso_error:g}."
     )
@@ -335,7 +346,8 @@ def timing_claim(summary: TimingSummary) -> Claim:
         "the paper's Figure 3 (digitised)",
         [
             "re-derived from the paper's own figure: it checks the reading, not the finding",
-            f"the paper's Figure 3 has a checkpoint every {PAPER_CHECKPOINT_EVERY:,} steps; the book reads it about "
+            f"Pythia publishes a checkpoint every {PAPER_CHECKPOINT_EVERY:,} steps (Biderman et al. 2023), which the "
+            "paper's Figure 3 can draw on; the book reads the figure about "
             f"every {summary.reading_every:,}",
             f"choices that break the criterion: {summary.breaking_text()}" if summary.breaking else "",
         ],

@@ -124,33 +124,46 @@ def width_comparison(dimensions: list[int], widths: dict[str, int]) -> str:
     return "; ".join(f"{words} {named(models)}" for words, models in groups.items() if models)
 
 
-def growth_exponents(growth: pd.DataFrame) -> dict[str, float]:
+def growth_exponents(growth: pd.DataFrame, last: bool = False) -> dict[str, float]:
     """The exponent a of d(0.5) ~ C^a for each tokenizer with at least two readable points (least squares on
-    log-log points; the book's question beyond the paper's Figure 7).
+    log-log points; the book's question beyond the paper's Figure 7); with ``last``, over its two largest readable
+    C only (the local slope where the chapter reads its dimensions).
 
     Args:
         growth: one row per (tokenizer, C) with ``tokenizer``, ``C`` and ``d at 0.5`` (None where not readable).
     """
     exponents = {}
     for tokenizer, group in growth.dropna(subset=["d at 0.5"]).groupby("tokenizer", sort=False):
+        group = group.sort_values("C").iloc[-2:] if last else group
         if len(group) >= 2:
             exponents[tokenizer] = float(np.polyfit(np.log(group.C), np.log(group["d at 0.5"].astype(float)), 1)[0])
     return exponents
 
 
-def growth_phrase(exponents: dict[str, float], largest: int) -> str:
-    """What the growth exponents (:func:`growth_exponents`) say about a dimension read at ``largest`` contexts, as
-    a sentence for the prose: a lower bound when it grows with C for every tokenizer, else what was seen."""
-    if not exponents:
+def growth_phrase(growth: pd.DataFrame) -> str:
+    """What the growth of d(0.5) with the number of contexts C (:func:`growth_exponents`, over every C and over the
+    last step) says about the dimensions read at the largest C (paper Figure 7), as sentences for the prose: lower
+    bounds for more contexts of the same corpus only when every tokenizer's dimension still grows at the last step;
+    nothing about a larger corpus at the same C, which the growth does not measure.
+
+    Args:
+        growth: one row per (tokenizer, C) with ``tokenizer``, ``C`` and ``d at 0.5`` (None where not readable).
+    """
+    overall, local = growth_exponents(growth), growth_exponents(growth, last=True)
+    if not overall:
         return "Too few points could be read to say whether these dimensions change with the number of contexts C."
-    low, high = min(exponents.values()), max(exponents.values())
-    measured = f"they grow as C^{low:.2f} to C^{high:.2f} with the number of contexts C (section 4)"
-    if low > 0:
-        return (
-            f"These dimensions are lower bounds at this corpus size, not absolute: {measured}, so a corpus "
-            f"large enough to read more than {largest:,} contexts above the noise would give larger ones."
-        )
-    return f"These dimensions do not grow with C for every tokenizer: the exponents are {low:.2f} to {high:.2f}."
+    first, largest = int(growth.C.min()), int(growth.C.max())
+    names = ", ".join(overall)
+    exponents = (f"as C^{min(overall.values()):.2f} to C^{max(overall.values()):.2f} from C = {first:,} to "
+                 f"{largest:,}, and as C^{min(local.values()):.2f} to C^{max(local.values()):.2f} over the last "
+                 "step (section 4)")  # fmt: skip
+    if min(overall.values()) > 0 and min(local.values()) > 0:
+        return (f"These dimensions are not absolute. For {names}, the dimension keeps growing with the number of "
+                f"contexts C, {exponents}: read at C = {largest:,}, it is a lower bound for what more contexts of "
+                "this corpus give. What a larger corpus would give at the same C is not measured here: noisier "
+                "rows raise the dimension too.")  # fmt: skip
+    return (f"For {names}, the dimension does not keep growing with the number of contexts C ({exponents}), so a "
+            f"dimension read at C = {largest:,} is not shown to be a lower bound.")  # fmt: skip
 
 
 def dimension_claims(

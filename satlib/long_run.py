@@ -61,7 +61,7 @@ def long_runs(steps: int = 7000) -> list[SuiteSpec]:
 def training_provenance(record: dict) -> dict:
     """What a snapshot records of one model's own training, from its completion record
     (:func:`satlib.training.training_record`): seconds and tokens per second of its last training session, the commit
-    it was trained at and when it finished (``not recorded`` for models trained before the record held them)."""
+    of that session and when it finished (``not recorded`` for models trained before the record held them)."""
     return {
         "seconds_last_session": record["seconds_this_run"],
         "tokens_per_second_last_session": record["tokens_per_second"],
@@ -132,6 +132,8 @@ def provenance_tables(provenance: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     training (seconds and speed of its last session, the commit it was trained at, when it finished)."""
     keys = ("command", "commit", "date", "machine", "wall_seconds", "trained_this_session")
     session = {key: provenance.get(key, "not recorded") for key in keys}
+    if "recovered" in provenance:  # fields added afterwards from the history, not recorded by the run itself
+        session["recovered"] = provenance["recovered"]
     if isinstance(session["trained_this_session"], list):
         session["trained_this_session"] = ", ".join(session["trained_this_session"]) or "none (measurements only)"
     training = pd.DataFrame(provenance["training"]).T.rename_axis("run")

@@ -169,7 +169,10 @@ def entropy_phases_text(collapses: pd.DataFrame, paper_minima: pd.Series, factor
     fell = collapses[collapses.fell]
     total = len(collapses)
     ratio = collapses.minimum / collapses.peak
-    paper = f"the paper's Figure 5 falls to {paper_minima.min():.2f} to {paper_minima.max():.2f} before its collapses"
+    paper = (
+        f"the paper's Figure 5 falls to {paper_minima.min():.2f} to {paper_minima.max():.2f} before its "
+        "collapses (digitised)"
+    )
     if len(fell) == 0:
         flat = (f"Then the heads do not flatten by the chapter's criterion: in none of the {total} models does the "
                 f"entropy fall to under half its warm-up peak; its lowest value after the peak is "

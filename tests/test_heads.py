@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+import satlib
 from satlib import config, evaluate, heads, metrics, presets, specs
 from satlib.errors import ConfigurationError
 from satlib.heads import features as head_features
@@ -513,6 +514,33 @@ def test_the_truncation_finding_follows_the_share_of_the_gap_recovered():
     assert mixed.endswith("explains most of the loss at r = 16, not at r = 4.")
     no_gap = pd.DataFrame({"rank": [4, 8], "truncated_loss": [5.0, 5.0], "weighted_truncated_loss": [5.0, 5.0]})
     assert "no gap" in heads.truncation_finding(no_gap, full_loss=5.0, width=8)
+    half = finding([7.0, 6.5])  # exactly 50% at both ranks: not more than half, so the metric is not blamed
+    assert half.endswith("survives this test.")
+
+
+def test_the_truncation_record_judges_the_same_shares_by_the_ledgers_criterion():
+    def claim(weighted: list[float]):
+        table = pd.DataFrame({"rank": [4, 16, 64], "truncated_loss": [9.0, 8.0, 5.0],
+                              "weighted_truncated_loss": [*weighted, 5.0]})  # fmt: skip
+        return heads.truncation_claim(table, full_loss=5.0, width=64, model="m")
+
+    blamed = claim([6.0, 5.5])
+    assert blamed.id == "x-truncation-metric" and "explains most of the loss at every rank" in blamed.verdict
+    assert blamed.book_value == ("r = 4: plain 9.00, weighted 6.00 nats (75% of the gap to 5.00); "
+                                 "r = 16: plain 8.00, weighted 5.50 nats (83% of the gap to 5.00)")  # fmt: skip
+    assert "spread information survives" in claim([7.0, 6.5]).verdict  # 50%: not more than half
+    assert claim([9.5, 5.5]).verdict.endswith("the metric explains most of the loss at r = 16 only")
+    assert f"more than {satlib.claims.MOST_OF_THE_GAP:.0%}" in blamed.criterion
+
+
+def test_the_training_start_phrase_compares_trained_heads_with_the_weighted_truncation():
+    weighted = pd.Series({32: 5.7, 128: 4.6, 576: 3.4})
+    above = heads.training_start_phrase(pd.Series({32: 7.0, 128: 6.9, 576: 3.5}), weighted, 576, 8192)
+    assert "leave them above the untrained weighted truncation at every rank" in above
+    assert "(7.00 against 5.70 at r = 32 and 6.90 against 4.60 at r = 128)" in above and "8,192 tokens" in above
+    below = heads.training_start_phrase(pd.Series({32: 7.0, 128: 4.0}), weighted, 576, 8192)
+    assert "end below the untrained weighted truncation at 1 of 2 ranks" in below
+    assert heads.training_start_phrase(pd.Series({576: 3.5}), weighted, 576, 8192) == ""
 
 
 def _rank_summary_rows(model: str, width: int, seeds: int, rates: list[float]) -> pd.DataFrame:

@@ -201,13 +201,22 @@ def test_width_comparison_places_each_model_against_the_dimensions():
 
 def test_growth_exponents_recover_a_power_law_and_the_phrase_follows_them():
     counts = [250, 500, 1000, 2000]
-    growth = pd.DataFrame(
-        [{"tokenizer": t, "C": c, "d at 0.5": 3 * c**a} for t, a in (("x", 0.5), ("y", 0.8)) for c in counts]
-        + [{"tokenizer": "z", "C": 250, "d at 0.5": None}]
-    )
-    exponents = dimensionality.growth_exponents(growth)
-    assert exponents == pytest.approx({"x": 0.5, "y": 0.8})
-    assert "lower bounds" in dimensionality.growth_phrase(exponents, 2000)
-    assert "C^0.50 to C^0.80" in dimensionality.growth_phrase(exponents, 2000)
-    assert "do not grow" in dimensionality.growth_phrase({"x": 0.5, "y": -0.1}, 2000)
-    assert "Too few" in dimensionality.growth_phrase({}, 2000)
+
+    def table(slopes: dict[str, tuple[float, float]]) -> pd.DataFrame:  # early slope up to C = 1000, then last
+        rows = [{"tokenizer": "z", "C": 250, "d at 0.5": None}]
+        for name, (early, last) in slopes.items():
+            rows += [{"tokenizer": name, "C": c, "d at 0.5": 3 * c**early} for c in counts[:3]]
+            rows.append({"tokenizer": name, "C": 2000, "d at 0.5": 3 * 1000**early * 2**last})
+        return pd.DataFrame(rows)
+
+    power_laws = table({"x": (0.5, 0.5), "y": (0.8, 0.8)})
+    assert dimensionality.growth_exponents(power_laws) == pytest.approx({"x": 0.5, "y": 0.8})
+    assert dimensionality.growth_exponents(power_laws, last=True) == pytest.approx({"x": 0.5, "y": 0.8})
+    growing = dimensionality.growth_phrase(power_laws)
+    assert "lower bound" in growing and "For x, y," in growing
+    assert "as C^0.50 to C^0.80 from C = 250 to 2,000, and as C^0.50 to C^0.80 over the last step" in growing
+    flattening = table({"x": (0.5, -0.1), "y": (0.8, 0.8)})  # grows overall, but falls at the last step
+    assert dimensionality.growth_exponents(flattening, last=True)["x"] == pytest.approx(-0.1)
+    assert "does not keep growing" in dimensionality.growth_phrase(flattening)
+    assert "lower bound" not in dimensionality.growth_phrase(flattening).replace("not shown to be a lower bound", "")
+    assert "Too few" in dimensionality.growth_phrase(table({}))

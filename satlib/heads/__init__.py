@@ -25,6 +25,8 @@ from satlib.heads.lowrank import (
     fit_head,
     head_factors,
     search_learning_rate,
+    training_start_phrase,
+    truncation_claim,
     truncation_finding,
     truncation_losses,
 )
@@ -34,6 +36,6 @@ __all__ = [
     "HeadData", "HeadFactors", "LowRankHead", "MixtureOfSoftmaxes", "ResidualControl", "backbone_features",
     "covariance_factors", "degradation_onset", "evaluate_head", "experiment_data", "expressive_heads", "fit_head",
     "head_factors", "log_probability_spectrum", "matched_output_width", "mixture_summary", "rank_constrained_heads",
-    "rank_summary", "run_mixture_experiment", "run_rank_experiment", "search_learning_rate", "truncation_finding",
-    "truncation_losses",
+    "rank_summary", "run_mixture_experiment", "run_rank_experiment", "search_learning_rate",
+    "training_start_phrase", "truncation_claim", "truncation_finding", "truncation_losses",
 ]  # fmt: skip
