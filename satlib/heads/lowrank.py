@@ -339,7 +339,7 @@ def truncation_claim(table: pd.DataFrame, full_loss: float, width: int, model: s
     if rows.empty:
         finding = "no gap to explain: the plain truncation loses nothing at these ranks"
     elif len(blamed) == len(rows):
-        finding = "the truncation's metric, not spread information, explains most of the loss at every rank"
+        finding = "the metric of the truncation, not spread information, explains most of the loss at every rank"
     elif not blamed:
         finding = "spread information survives: the weighted truncation recovers at most half the gap at every rank"
     else:
