@@ -289,6 +289,13 @@ def _listed(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _gap_shares(table: pd.DataFrame, full_loss: float, width: int) -> tuple[pd.DataFrame, pd.Series]:
+    """The rows of :func:`truncation_losses` below ``width`` where the plain truncation loses against the full head,
+    by rank, and the share of that gap the weighted truncation recovers, ``(plain - weighted) / (plain - full)``."""
+    rows = table[(table["rank"] < width) & (table.truncated_loss > full_loss)].sort_values("rank")
+    return rows, (rows.truncated_loss - rows.weighted_truncated_loss) / (rows.truncated_loss - full_loss)
+
+
 def truncation_finding(table: pd.DataFrame, full_loss: float, width: int, most: float = MOST_OF_THE_GAP) -> str:
     """One sentence, computed from :func:`truncation_losses` (the truncations behind paper §5.1's Figure 8): does
     truncating a head in the metric of its logits close the gap that the plain truncation opens to the full head
@@ -300,10 +307,10 @@ def truncation_finding(table: pd.DataFrame, full_loss: float, width: int, most: 
     loss comes from truncating in the wrong metric, not from information spread over every direction of the head.
     At most ``most`` at every such rank: that hypothesis survives this test. A mix names the ranks of each.
     """
-    rows = table[(table["rank"] < width) & (table.truncated_loss > full_loss)].sort_values("rank")
+    rows, shares = _gap_shares(table, full_loss, width)
     if rows.empty:
         return "Truncated to any of these ranks, the head loses nothing against its full rank: there is no gap."
-    shares = ((rows.truncated_loss - rows.weighted_truncated_loss) / (rows.truncated_loss - full_loss)).tolist()
+    shares = shares.tolist()
     ranks = [f"r = {rank}" for rank in rows["rank"]]
     sentence = (
         "Truncated in the metric of its logits instead (the SVD of the head weighted by the second moment of the "
@@ -333,8 +340,7 @@ def truncation_claim(table: pd.DataFrame, full_loss: float, width: int, model: s
     """The ledger record of ``x-truncation-metric`` from :func:`truncation_losses` (paper §5.1, Figure 8's
     truncations): the share of the plain truncation's gap to the full head (``full_loss``) that the weighted
     truncation recovers at each rank below ``width``, judged by :func:`truncation_finding`'s rule."""
-    rows = table[(table["rank"] < width) & (table.truncated_loss > full_loss)].sort_values("rank")
-    shares = (rows.truncated_loss - rows.weighted_truncated_loss) / (rows.truncated_loss - full_loss)
+    rows, shares = _gap_shares(table, full_loss, width)
     blamed = [int(rank) for rank, share in zip(rows["rank"], shares, strict=True) if share > MOST_OF_THE_GAP]
     if rows.empty:
         finding = "no gap to explain: the plain truncation loses nothing at these ranks"
