@@ -23,7 +23,7 @@ export PYTHONHASHSEED := 0
 export MALLOC_MMAP_THRESHOLD_ := 33554432
 export MALLOC_TRIM_THRESHOLD_ := 4294967296
 
-.PHONY: book test setup suite execute html lint freeze clean long-run controlled browser
+.PHONY: book test setup suite execute html lint freeze clean long-run controlled gradient browser
 
 book: execute html
 
@@ -57,6 +57,12 @@ long-run: setup
 GRID ?= cpu
 controlled: setup
 	$(BIN)/python -m satlib controlled --grid $(GRID) --jobs $(JOBS)
+
+# The gradient bottleneck (chapter 09): SpamLang at CPU scale and the backward-only rank cut, three seeds each,
+# resumable (each run is kept in the cache as it ends); rewrites satlib/data_files/snapshots/gradient-cpu.json.
+# About 25 minutes on 2 cores. Never part of `make book`.
+gradient: setup
+	$(BIN)/python -m satlib gradient --grid cpu --jobs $(JOBS)
 
 # Executed notebooks go to book/notebooks/ (the published book), or with PARAMS=FILE to _build/params/<file stem>/,
 # never over the published book; a notebook's copy is replaced only when it executed. Records each run in

@@ -53,6 +53,10 @@ NEAR_FLOOR = 0.05
 #: The share of the plain truncation's loss gap to the full head that the truncation weighted by the hidden states
 #: must recover, at every rank, to blame the metric of the truncation (chapter 04, ``x-truncation-metric``).
 MOST_OF_THE_GAP = 0.5
+#: SpamLang is learnt when the argmax is the repeated symbol at this share of held-out positions (chapter 09).
+SPAMLANG_ACCURACY = 0.9
+#: How far (absolute) a destroyed fraction may sit from its random-subspace baseline and still be "D/V alone".
+BASELINE_TOLERANCE = 0.01
 
 _CLAIMS = [
     ClaimSpec(
@@ -344,6 +348,49 @@ _CLAIMS = [
         "shapes, not tuned per shape); a difference in final held-out loss counts only when it exceeds the "
         "seed-to-seed spread and every seed agrees (satlib.verdicts.compare). The finding holds at this budget and "
         "this rate only.",
+        beyond_paper=True,
+    ),
+    ClaimSpec(
+        "x-gradient-destroyed-fraction",
+        "09_gradient_bottleneck",
+        "beyond: Godey & Artzi 2026",
+        "Backpropagating the logit gradient through a rank-D head loses most of its norm; how much of that is D/V?",
+        "95-99% of the gradient norm is suppressed by the output layer (Godey & Artzi 2026, abstract)",
+        "r = ||P_K G||_F / ||G||_F on one batch of held-out tokens, K the kernel of the transposed head. The paper's "
+        "range holds for a model when r rounds into 95-99% (0.945 <= r < 0.995); it is measured on SmolLM2-135M (a "
+        "pretrained model like the paper's) and the book's own models. D/V alone explains r when every final "
+        f"checkpoint is within {BASELINE_TOLERANCE} of its random-subspace baseline sqrt(1 - D/V); training moves r "
+        "when one ends further away.",
+        beyond_paper=True,
+    ),
+    ClaimSpec(
+        "x-spamlang",
+        "09_gradient_bottleneck",
+        "beyond: Godey & Artzi 2026",
+        "Does a trivial pattern (every sequence repeats one symbol) get harder to learn as V/D grows, once the "
+        "number of distinct symbols is held fixed?",
+        "SpamLang becomes unlearnable as the vocabulary grows (Godey & Artzi 2026, abstract: trivial patterns "
+        "unlearnable; reported beyond V = 100,000 by secondary summaries the book could not check)",
+        f"Steps to {SPAMLANG_ACCURACY:.0%} held-out accuracy (a run that never gets there counts as its cap: a "
+        "lower bound), learning rate chosen per (V, D, pool) on validation with a selection seed, three other "
+        "seeds on test. Difficulty grows with V/D when, for a width, the largest V takes more steps than the "
+        "smallest by more than the seed spread with every seed agreeing (satlib.verdicts.compare). Judged in the "
+        "arm whose sequences draw from a fixed pool of symbols whatever V (the confound controlled); the arm that "
+        "draws from all V shows what the confound adds.",
+        beyond_paper=True,
+    ),
+    ClaimSpec(
+        "x-backward-rank-cut",
+        "09_gradient_bottleneck",
+        "beyond: Godey & Artzi 2026",
+        "Is a low-rank head costly because of what it can express (2024) or because of the gradient it passes "
+        "back (2026)?",
+        "the gradient bottleneck limits training independently of expressivity (Godey & Artzi 2026, abstract)",
+        "Three arms of one backbone on the book's corpus, three seeds each, test loss: the full head, a factorised "
+        "rank-r head, and the full head whose backward pass into the backbone is cut to rank r (forward "
+        "unchanged). An arm costs loss when its mean test loss exceeds the full head's by more than the seed "
+        "spread with every seed agreeing (satlib.verdicts.compare); the share of the factorised head's cost that "
+        "the backward cut reproduces is reported.",
         beyond_paper=True,
     ),
 ]

@@ -9,6 +9,8 @@ Commands:
 * ``long-run``: the long-run experiment and its frozen snapshot (``make long-run``).
 * ``controlled``: the controlled test of the mechanism on a synthetic language, and its snapshot (``make
   controlled``; ``--grid gpu`` on a GPU machine).
+* ``gradient``: the gradient bottleneck's experiments (SpamLang, the backward-only rank cut) and their snapshot
+  (``make gradient``).
 * ``execute``: the chapters, executed for the book (``make execute``; :mod:`satlib.build`).
 
 A mistake the user can fix prints one line and exits with status 2; ``--debug`` (or ``SATLIB_DEBUG=1``) shows the
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from satlib import build
+from satlib import build, gradient_runs
 from satlib import controlled as controlled_experiment
 from satlib.errors import ConfigurationError, SatlibError
 from satlib.evaluate import MEASUREMENTS
@@ -149,6 +151,19 @@ def controlled(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def gradient(arguments: argparse.Namespace) -> int:
+    """Run the gradient bottleneck's grid (resumable), write its snapshot."""
+    grid = gradient_runs.grid_named(arguments.grid)
+    folder = arguments.snapshot_folder or gradient_runs.SNAPSHOTS
+    result = gradient_runs.run(grid, arguments.jobs, folder / f"gradient-{grid.name}.json")
+    provenance = result["provenance"]
+    print(
+        f"gradient: snapshot of the {grid.name!r} grid written ({provenance['wall_seconds']} s, "
+        f"{gradient_runs.cpu_hours(provenance):.2f} CPU hours)"
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m satlib``."""
     main_parser = build.OneLineParser(prog="python -m satlib", description=__doc__.split("\n\n")[0])
@@ -170,6 +185,11 @@ def parser() -> argparse.ArgumentParser:
     controlled_parser.add_argument("--tokens", type=_positive_int, default=None, help="a rehearsal: tokens per student")
     controlled_parser.add_argument("--snapshot-folder", type=Path, default=None, help="default: the package's")
     controlled_parser.set_defaults(run=controlled)
+    gradient_parser = commands.add_parser("gradient", help="the gradient bottleneck: SpamLang, backward rank cut")
+    gradient_parser.add_argument("--grid", default="cpu", help="cpu (default) or micro (a rehearsal)")
+    gradient_parser.add_argument("--jobs", type=_positive_int, default=2, help="runs trained at once")
+    gradient_parser.add_argument("--snapshot-folder", type=Path, default=None, help="default: the package's")
+    gradient_parser.set_defaults(run=gradient)
     for name, help_text in (("execute", "execute the chapters for the book"), ("html", "build the book's HTML")):
         book_parser = commands.add_parser(name, help=help_text, add_help=False)
         book_parser.add_argument("rest", nargs=argparse.REMAINDER)
