@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from satlib.data import pile_sample
 from satlib.errors import ConfigurationError
+from satlib.gradient_bottleneck import gradient_split
 from satlib.metrics import anisotropy_from_unit_sum, frequency_alignment, singular_values
 from satlib.models import load, load_tokenizer, model_token_ids
 from satlib.presets import Preset, get_preset
@@ -133,6 +134,20 @@ class Measurement:
     data: str | None
 
 
+#: Windows whose logit gradient one gradient-bottleneck measurement splits (one batch, as the papers measure it).
+GRADIENT_WINDOWS = 16
+
+
+@torch.no_grad()
+def gradient_bottleneck(model: torch.nn.Module, windows: torch.Tensor) -> dict[str, float]:
+    """The destroyed fraction and cosines of one batch of ``GRADIENT_WINDOWS`` windows through the model's head
+    (:func:`satlib.gradient_bottleneck.gradient_split`; Godey & Artzi 2026)."""
+    batch = windows[:GRADIENT_WINDOWS]
+    hidden = model.base_model(input_ids=batch[:, :-1]).last_hidden_state
+    head = model.get_output_embeddings().weight
+    return gradient_split(hidden.reshape(-1, hidden.shape[-1]), head, batch[:, 1:].reshape(-1))
+
+
 def _last_layer_profile(model: torch.nn.Module, windows: torch.Tensor | None) -> list[float]:
     return anisotropy_profile(model, windows[:ANISOTROPY_WINDOWS]).tolist()
 
@@ -144,6 +159,7 @@ MEASUREMENTS: dict[str, Measurement] = {
     "train_loss": Measurement(heldout_loss, "training"),
     "anisotropy_profile": Measurement(_last_layer_profile, "evaluation"),
     "head_singular_values": Measurement(lambda model, _: head_singular_values(model).tolist(), None),
+    "gradient_bottleneck": Measurement(gradient_bottleneck, "evaluation"),
 }
 
 

@@ -13,16 +13,21 @@ dimensions) reaches it, and the part in the kernel K of ``Wᵀ`` is lost. Chapte
 
 It also holds the two heads of the backward-only experiment: :func:`backward_rank_cut` (the forward pass unchanged,
 the backbone's gradient projected on the head's top-r right singular directions) and :class:`FactorisedHead`
-(``W = A B`` of rank r, forward and backward limited).
+(``W = A B`` of rank r, forward and backward limited). The chapter's verdicts are read off the measured tables by
+:func:`destroyed_claim`, :func:`spamlang_claim` and :func:`rank_cut_claim`.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import torch
 
+from satlib.claims import BASELINE_TOLERANCE, CLAIMS
 from satlib.errors import ConfigurationError
+from satlib.verdicts import Claim, compare
 
 
 def logit_gradient(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -155,3 +160,136 @@ class FactorisedHead(torch.nn.Module):
     def weight(self) -> torch.Tensor:
         """(V, D), of rank at most r."""
         return self.left @ self.right
+
+
+#: The paper's "95-99%" as a rounded range: the values that round to a whole percent from 95 to 99.
+PAPER_RANGE = (0.945, 0.995)
+
+
+def final_fractions(table: pd.DataFrame) -> pd.DataFrame:
+    """The last checkpoint of each model of :func:`satlib.gradient_runs.measured_fractions`, with D/V and the
+    distance ``r - baseline`` (positive: more is lost than a random subspace of the same dimension loses)."""
+    finals = table.sort_values("step").groupby("model", sort=False).tail(1)
+    finals = finals.assign(**{"D/V": finals["rank"] / finals.vocab, "r - baseline": finals.destroyed - finals.baseline})
+    order = {"pretrained": 0, "suite": 1, "controlled": 2}
+    return finals.sort_values(["family", "width"], key=lambda c: c.map(order) if c.name == "family" else c)
+
+
+def destroyed_claim(table: pd.DataFrame, source: str) -> Claim:
+    """The ledger record ``x-gradient-destroyed-fraction`` from the measured gradient splits: is SmolLM2's r in the
+    paper's rounded range, and is every final r within :data:`satlib.claims.BASELINE_TOLERANCE` of D/V's baseline?"""
+    finals = final_fractions(table)
+    pretrained = finals[finals.family == "pretrained"]
+    if pretrained.empty:
+        raise ConfigurationError("the table has no pretrained model: measure SmolLM2-135M (measured_fractions)")
+    smol = pretrained.iloc[0]
+    inside = PAPER_RANGE[0] <= smol.destroyed < PAPER_RANGE[1]
+    furthest = finals.loc[finals["r - baseline"].abs().idxmax()]
+    distance = abs(float(furthest["r - baseline"]))
+    range_text = "within" if inside else "outside"
+    if distance <= BASELINE_TOLERANCE:
+        why = f"every final checkpoint is within {distance:.3f} of its random-subspace baseline: D/V alone explains r"
+    else:
+        why = (f"training moves r: {furthest.model} ends {float(furthest['r - baseline']):+.3f} from its "
+               "random-subspace baseline")  # fmt: skip
+    finding = f"{smol.model} loses {smol.destroyed:.1%} of the norm ({range_text} the range of the paper); {why}"
+    book = "; ".join(f"{row.model} (D/V {row['D/V']:.4f}): r {row.destroyed:.4f}, baseline {row.baseline:.4f}"
+                     for _, row in finals.iterrows())  # fmt: skip
+    caveats = [f"one batch of {int(smol.tokens):,} held-out tokens per checkpoint",
+               "the paper's exact definition (per token or per batch, norm or squared norm) could not be read "
+               "offline: the book uses the Frobenius ratio per batch"]  # fmt: skip
+    return CLAIMS["x-gradient-destroyed-fraction"].judge(finding, book, source, caveats)
+
+
+def spamlang_costs(spam: pd.DataFrame, pool: int) -> pd.DataFrame:
+    """SpamLang's test runs as one row per (arm, V, D): the rate chosen on validation, each seed's steps to the
+    accuracy (a run that never reaches it counts as its cap), and how many seeds reached it. ``arm`` is ``fixed
+    pool`` (sequences drawn from ``pool`` symbols whatever V; V = pool belongs to both arms) or ``all V``."""
+    test = spam[spam.role == "test"].assign(cost=lambda t: t.steps_to_accuracy.fillna(t.steps_run))
+    rows = []
+    for arm, chosen in (("fixed pool", test[test["pool"] == pool]), ("all V", test[test.pool_is_vocab.astype(bool)])):
+        for (vocab, width), group in chosen.groupby(["vocab", "width"]):
+            group = group.sort_values("seed")
+            rows.append({"arm": arm, "V": int(vocab), "D": int(width), "V/D": vocab / width,
+                         "rate": float(group.rate.iloc[0]), "seeds": group.seed.astype(int).tolist(),
+                         "steps": group.cost.astype(int).tolist(), "median steps": float(group.cost.median()),
+                         "reached": int(group.steps_to_accuracy.notna().sum()), "runs": len(group),
+                         "final accuracy": float(group.final_accuracy.min())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _growth(costs: pd.DataFrame, arm: str) -> dict[int, object]:
+    """Per width: the comparison of the largest V's steps with the smallest V's (paired by seed)."""
+    result = {}
+    for width, group in costs[costs.arm == arm].groupby("D"):
+        group = group.sort_values("V")
+        result[int(width)] = compare(group.steps.iloc[-1], group.steps.iloc[0])
+    return result
+
+
+def _cost_range(costs: pd.DataFrame, arm: str, width: int) -> str:
+    cells = costs[(costs.arm == arm) & (costs.D == width)].sort_values("V")
+    first, last = cells.iloc[0], cells.iloc[-1]
+    return (f"{arm}, D = {width}: median steps {first['median steps']:,.0f} at V = {first.V:,}, "
+            f"{last['median steps']:,.0f} at V = {last.V:,}")  # fmt: skip
+
+
+def spamlang_claim(spam: pd.DataFrame, pool: int, source: str) -> Claim:
+    """The ledger record ``x-spamlang``: does the largest V take more steps than the smallest, beyond the seed
+    spread (:func:`satlib.verdicts.compare`), in the fixed-pool arm (judged) and in the all-V arm (the confound)?"""
+    costs = spamlang_costs(spam, pool)
+    fixed, every = _growth(costs, "fixed pool"), _growth(costs, "all V")
+    grows = [d for d, c in fixed.items() if c.direction == "higher"]
+    grows_all = [d for d, c in every.items() if c.direction == "higher"]
+    widths = ", ".join(str(d) for d in grows)
+    if grows and len(grows) == len(fixed):
+        finding = "difficulty grows with V/D with the pool of symbols held fixed, at every width"
+    elif grows:
+        finding = f"difficulty grows with V/D with the pool held fixed at D = {widths} only"
+    elif grows_all:
+        finding = "difficulty grows with V only when the number of symbols grows with it: the confound, not V/D"
+    else:
+        finding = "no growth of difficulty with V/D at this scale, in either arm"
+    book = "; ".join(_cost_range(costs, arm, width) for arm, table in (("fixed pool", fixed), ("all V", every))
+                     for width in table)  # fmt: skip
+    censored = costs[costs.reached < costs.runs]
+    caveats = [f"{len(censored)} of {len(costs)} cells have seeds that never reached the accuracy (counted at the cap)"
+               if len(censored) else "", "learning rate chosen with one selection seed per cell"]  # fmt: skip
+    return CLAIMS["x-spamlang"].judge(finding, book, source, caveats)
+
+
+def rank_cut_summary(cut: pd.DataFrame) -> pd.DataFrame:
+    """The rank-cut arms' test losses: one row per arm, mean, seed range and the difference with the full head."""
+    full = cut[cut.arm == "full head"].sort_values("seed").test_loss.to_numpy()
+    rows = []
+    for arm, group in cut.groupby("arm", sort=False):
+        losses = group.sort_values("seed").test_loss.to_numpy()
+        comparison = compare(losses, full)
+        rows.append({"arm": arm, "mean test loss": losses.mean(), "seed range": float(np.ptp(losses)),
+                     "seeds": len(losses), "minus full head": comparison.difference,
+                     "versus full head": comparison.direction if arm != "full head" else "—"})  # fmt: skip
+    return pd.DataFrame(rows).set_index("arm")
+
+
+def rank_cut_claim(cut: pd.DataFrame, source: str) -> Claim:
+    """The ledger record ``x-backward-rank-cut``: does cutting only the backward pass cost loss, and how much of the
+    factorised head's cost does it reproduce?"""
+    summary = rank_cut_summary(cut)
+    backward, factorised = summary.loc["backward cut"], summary.loc["factorised head"]
+    width, rank = int(cut.width.iloc[0]), int(cut["rank"].iloc[0])
+    share = backward["minus full head"] / factorised["minus full head"]
+    spread = max(summary["seed range"])
+    if backward["versus full head"] == "higher":
+        finding = (f"cutting only the backward pass to rank {rank} of {width} costs "
+                   f"{backward['minus full head']:+.3f} nats, {share:.0%} of what the factorised head costs "
+                   f"({factorised['minus full head']:+.3f})")  # fmt: skip
+    else:
+        finding = (f"cutting only the backward pass to rank {rank} of {width} costs no clear loss "
+                   f"({backward['minus full head']:+.3f} nats, {backward['versus full head']}); the factorised head "
+                   f"costs {factorised['minus full head']:+.3f} ({factorised['versus full head']})")  # fmt: skip
+    book = "; ".join(
+        f"{arm}: {row['mean test loss']:.3f} (range {row['seed range']:.3f})" for arm, row in summary.iterrows()
+    )
+    caveats = [f"{int(summary.seeds.min())} seeds per arm, largest seed range {spread:.3f} nats",
+               "one learning rate (the suite's) for every arm, not chosen per arm"]  # fmt: skip
+    return CLAIMS["x-backward-rank-cut"].judge(finding, book, source, caveats)

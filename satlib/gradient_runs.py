@@ -32,15 +32,19 @@ import pandas as pd
 import torch
 from transformers import GPTNeoXForCausalLM
 
+from satlib import controlled
 from satlib.claims import SPAMLANG_ACCURACY
 from satlib.config import cache_dir, source_commit
 from satlib.errors import ConfigurationError, MissingArtefactError
-from satlib.evaluate import evaluation_windows
+from satlib.evaluate import GRADIENT_WINDOWS, evaluation_windows, sample_windows
 from satlib.gradient_bottleneck import FactorisedHead, backward_rank_cut
-from satlib.specs import SuiteSpec
+from satlib.models import SMOLLM2
+from satlib.presets import Preset, get_preset
+from satlib.specs import CorpusSample, SuiteSpec
 from satlib.storage import digest, progress, read_json, write_json
+from satlib.sweep import measure, measure_trained
 from satlib.tokenization import token_ids
-from satlib.training import CorpusBatches, chunked_cross_entropy, model_config, worker_pool
+from satlib.training import CorpusBatches, chunked_cross_entropy, ensure_trained, model_config, worker_pool
 
 SNAPSHOTS = Path(__file__).resolve().parent / "data_files" / "snapshots"
 ARMS = ("full head", "factorised head", "backward cut")
@@ -99,7 +103,7 @@ GRIDS = {
     "cpu": GradientGrid("cpu"),
     "micro": GradientGrid("micro", vocabs=(32, 128), widths=(8,), pool=32, max_steps=60, eval_every=10,
                           eval_windows=32, rates=(3e-3, 1e-2), seeds=(1, 2), cut_width=16, cut_rank=2,
-                          cut_steps=12, cut_layers=1, cut_curve_points=2),
+                          cut_steps=4, cut_layers=1, cut_curve_points=1),
 }  # fmt: skip
 
 
@@ -303,3 +307,34 @@ def load_snapshot(name: str, folder: Path = SNAPSHOTS) -> tuple[pd.DataFrame, pd
 def cpu_hours(provenance: dict) -> float:
     """The grid's summed run time, in CPU hours (one thread per run)."""
     return provenance["cpu_seconds"] / 3600 if math.isfinite(provenance["cpu_seconds"]) else float("nan")
+
+
+def _expanded(table: pd.DataFrame, family: str) -> pd.DataFrame:
+    values = pd.DataFrame(list(table.pop("gradient_bottleneck")), index=table.index)
+    return pd.concat([table.assign(family=family), values], axis=1)
+
+
+def measured_fractions(preset: str | Preset = "tiny") -> pd.DataFrame:
+    """The gradient split (:func:`satlib.evaluate.gradient_bottleneck`) of every checkpoint of the preset's suite on
+    its evaluation sample, of SmolLM2-135M on the corpus's validation split (its own tokenizer), and of chapter 08's
+    live students at each evenly spaced checkpoint on held-out windows of their language; each measured once
+    through :mod:`satlib.sweep`.
+
+    Returns:
+        One row per checkpoint: ``family`` (suite, pretrained, controlled), ``model``, ``width``, ``step``,
+        ``tokens``, ``destroyed``, ``visible_cosine``, ``step_cosine``, ``baseline``, ``rank``, ``vocab``.
+    """
+    preset = get_preset(preset)
+    names = ("gradient_bottleneck",)
+    suite = measure(preset, names)
+    sample = CorpusSample(SMOLLM2, "validation", 128, GRADIENT_WINDOWS * 128)
+    pretrained = measure(preset, names, checkpoints=[(SMOLLM2, 0)], windows=sample_windows(sample, preset))
+    grid = controlled.GRIDS["live"]
+    runs = controlled.runs_of(grid)
+    ensure_trained(runs)
+    students = measure_trained(runs, {"evaluation": controlled.held_out(grid, 1.0)}, names, evenly_spaced=True)
+    students = students.assign(model=[f"student d={w}" for w in students.width])
+    columns = ["model", "width", "step", "tokens", "gradient_bottleneck"]
+    parts = [_expanded(suite[columns], "suite"), _expanded(pretrained[columns], "pretrained"),
+             _expanded(students[columns], "controlled")]  # fmt: skip
+    return pd.concat(parts, ignore_index=True)

@@ -15,11 +15,13 @@ PACKAGE = ROOT / "satlib"
 LAYERS: dict[str, list[str]] = {
     "ground": ["errors", "storage", "config", "network", "specs", "presets"],
     "methods": ["verdicts", "claims", "metrics", "optimize", "scaling", "theory", "ngram", "bottleneck", "synthetic",
-                "spectra", "anisotropy", "saturation", "book", "heads.lowrank", "heads.mixture"],
+                "spectra", "anisotropy", "saturation", "gradient_bottleneck", "book", "heads.lowrank",
+                "heads.mixture"],
     "sources": ["data", "corpus", "tokenization", "models"],
     "training": ["training"],
     "measurement": ["evaluate", "sweep", "heads.features"],
-    "experiments": ["heads.experiments", "long_run", "shapes", "dimensionality", "controlled"],
+    "experiments": ["heads.experiments", "long_run", "shapes", "dimensionality", "controlled",
+                    "gradient_runs"],
     "interface": ["heads", "build.execution", "build.parameters", "build.record", "build.ledger", "build", "cli",
                   "__main__", ""],
 }  # fmt: skip

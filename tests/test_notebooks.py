@@ -26,6 +26,7 @@ CHAPTERS = {
     "06_theory": "§5.2",
     "07_discussion": "§6",
     "08_controlled_saturation": "beyond the paper",
+    "09_gradient_bottleneck": "beyond the paper (Godey & Artzi 2026)",
 }
 FIGURE_CALLS = re.compile(r"plt\.(subplots|figure)\(")
 GLUE_ROLE = re.compile(r"\{glue:(?:text|any|md)\}`([A-Za-z0-9_]+)")
