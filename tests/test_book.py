@@ -16,7 +16,7 @@ from bs4 import BeautifulSoup
 
 from satlib import book
 from satlib.book import glued_values
-from satlib.claims import CLAIMS, MOST_OF_THE_GAP
+from satlib.claims import BASELINE_TOLERANCE, CLAIMS, MOST_OF_THE_GAP
 from satlib.config import REPOSITORY_URL
 from satlib.verdicts import BEYOND, RECORD_KEYS, VERDICTS
 
@@ -334,3 +334,23 @@ def test_legend_below_uses_fewer_columns_only_when_the_legend_would_be_wider_tha
         assert legend._ncols == expected and len(fig.legends) == 1
         assert legend.get_window_extent(fig.canvas.get_renderer()).width <= fig.bbox.width or expected == 1
         plt.close(fig)
+
+
+def test_gradient_chapter_numbers():
+    values = glued_values(EXECUTED / "09_gradient_bottleneck.ipynb")
+    assert 0 < values["smol_r"] < 1 and 0 < values["smol_baseline"] < 1
+    assert values["smol_baseline"] == pytest.approx(np.sqrt(1 - values["smol_dv"]), abs=1e-4)
+    assert values["own_r_min"] <= values["own_r_max"] < 1 and values["own_deviation"] >= 0
+    assert -1 <= values["final_step_min"] <= values["final_step_max"] <= 1
+    alone = values["final_deviation"] <= BASELINE_TOLERANCE
+    assert ("D/V alone explains r" in values["destroyed_finding"]) == alone  # the sentence follows the numbers
+    inside = 0.945 <= values["smol_r"] < 0.995
+    assert f"({'within' if inside else 'outside'} the range of the paper)" in values["destroyed_finding"]
+    assert values["spam_censored"] <= values["spam_cells"] and values["spam_fixed_min"] > 0
+    assert values["cut_full"] > 0 and values["cut_spread"] >= 0
+    costly = values["cut_direction"] == "higher"
+    assert ("costs no clear loss" in values["cut_finding"]) == (not costly)
+    assert not costly or values["cut_backward"] > 0
+    records = {claim["id"]: claim for claim in chapter_claims("09_gradient_bottleneck")}
+    assert set(records) == {"x-gradient-destroyed-fraction", "x-spamlang", "x-backward-rank-cut"}
+    assert all(record["verdict"].startswith(BEYOND) for record in records.values())
