@@ -167,10 +167,13 @@ PAPER_RANGE = (0.945, 0.995)
 
 
 def final_fractions(table: pd.DataFrame) -> pd.DataFrame:
-    """The last checkpoint of each model of :func:`satlib.gradient_runs.measured_fractions`, with D/V and the
-    distance ``r - baseline`` (positive: more is lost than a random subspace of the same dimension loses)."""
+    """The last checkpoint of each model of :func:`satlib.gradient_runs.measured_fractions`, with D/V, the distance
+    ``r - baseline`` (positive: more is lost than a random subspace of the same dimension loses) and the squared
+    share that reaches the backbone, ``1 - r²``, in units of a random subspace's expected share D/V."""
     finals = table.sort_values("step").groupby("model", sort=False).tail(1)
-    finals = finals.assign(**{"D/V": finals["rank"] / finals.vocab, "r - baseline": finals.destroyed - finals.baseline})
+    share = finals["rank"] / finals.vocab
+    finals = finals.assign(**{"D/V": share, "r - baseline": finals.destroyed - finals.baseline,
+                              "visible share / (D/V)": (1 - finals.destroyed**2) / share})  # fmt: skip
     order = {"pretrained": 0, "suite": 1, "controlled": 2}
     return finals.sort_values(["family", "width"], key=lambda c: c.map(order) if c.name == "family" else c)
 
@@ -234,27 +237,45 @@ def _cost_range(costs: pd.DataFrame, arm: str, width: int) -> str:
             f"{last['median steps']:,.0f} at V = {last.V:,}")  # fmt: skip
 
 
-def spamlang_claim(spam: pd.DataFrame, pool: int, source: str) -> Claim:
+def growth_factor(costs: pd.DataFrame, arm: str) -> str:
+    """How many times more steps the largest V takes than the smallest, over the widths of one arm (medians of
+    seeds); "at least" when a largest-V cell has seeds stopped at the cap."""
+    factors, capped = [], False
+    for _, group in costs[costs.arm == arm].groupby("D"):
+        group = group.sort_values("V")
+        factors.append(group["median steps"].iloc[-1] / group["median steps"].iloc[0])
+        capped |= bool(group.reached.iloc[-1] < group.runs.iloc[-1])
+    span = f"{min(factors):.1f}" if min(factors) == max(factors) else f"{min(factors):.1f} to {max(factors):.1f}"
+    return f"{'at least ' if capped else ''}{span} times"
+
+
+def spamlang_claim(spam: pd.DataFrame, pool: int, source: str, resolution: int = 1) -> Claim:
     """The ledger record ``x-spamlang``: does the largest V take more steps than the smallest, beyond the seed
-    spread (:func:`satlib.verdicts.compare`), in the fixed-pool arm (judged) and in the all-V arm (the confound)?"""
+    spread (:func:`satlib.verdicts.compare`), in the fixed-pool arm (judged) and in the all-V arm (the confound)?
+    ``resolution``: the steps between two evaluations (every cost is a multiple of it)."""
     costs = spamlang_costs(spam, pool)
     fixed, every = _growth(costs, "fixed pool"), _growth(costs, "all V")
     grows = [d for d, c in fixed.items() if c.direction == "higher"]
     grows_all = [d for d, c in every.items() if c.direction == "higher"]
     widths = ", ".join(str(d) for d in grows)
+    sizes = (f"{growth_factor(costs, 'fixed pool')} the steps from V = {costs.V.min():,} to {costs.V.max():,} with "
+             f"the pool fixed, {growth_factor(costs, 'all V')} with all V symbols")  # fmt: skip
     if grows and len(grows) == len(fixed):
-        finding = "difficulty grows with V/D with the pool of symbols held fixed, at every width"
+        finding = f"difficulty grows with V/D with the pool of symbols held fixed, at every width ({sizes})"
     elif grows:
-        finding = f"difficulty grows with V/D with the pool held fixed at D = {widths} only"
+        finding = f"difficulty grows with V/D with the pool held fixed at D = {widths} only ({sizes})"
     elif grows_all:
-        finding = "difficulty grows with V only when the number of symbols grows with it: the confound, not V/D"
+        finding = (
+            f"difficulty grows with V only when the number of symbols grows with it: the confound, not V/D ({sizes})"
+        )
     else:
-        finding = "no growth of difficulty with V/D at this scale, in either arm"
+        finding = f"no growth of difficulty with V/D at this scale, in either arm ({sizes})"
     book = "; ".join(_cost_range(costs, arm, width) for arm, table in (("fixed pool", fixed), ("all V", every))
                      for width in table)  # fmt: skip
     censored = costs[costs.reached < costs.runs]
     caveats = [f"{len(censored)} of {len(costs)} cells have seeds that never reached the accuracy (counted at the cap)"
-               if len(censored) else "", "learning rate chosen with one selection seed per cell"]  # fmt: skip
+               if len(censored) else "", "learning rate chosen with one selection seed per cell",
+               f"steps read every {resolution} steps" if resolution > 1 else ""]  # fmt: skip
     return CLAIMS["x-spamlang"].judge(finding, book, source, caveats)
 
 

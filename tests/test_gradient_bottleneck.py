@@ -161,6 +161,13 @@ def _fractions(smol=0.99, drift=0.0):
     return pd.DataFrame(rows)
 
 
+def test_final_fractions_read_the_last_checkpoint_and_the_visible_share():
+    finals = gb.final_fractions(_fractions(drift=-0.05)).set_index("model")
+    assert finals.loc["tiny-d64", "destroyed"] == pytest.approx(0.942)
+    assert finals.loc["tiny-d64", "visible share / (D/V)"] == pytest.approx((1 - 0.942**2) / (64 / 4096))
+    assert list(finals.family) == ["pretrained", "suite"]
+
+
 def test_the_destroyed_fraction_record_follows_its_criterion():
     alone = gb.destroyed_claim(_fractions(), "test").verdict
     assert "within the range of the paper" in alone and "D/V alone explains r" in alone
@@ -207,7 +214,11 @@ def test_the_spamlang_record_separates_the_confound_from_v_over_d():
     assert "the confound, not V/D" in gb.spamlang_claim(_spam(100, 1000), 256, "t").verdict
     assert "grows with V/D with the pool of symbols held fixed" in gb.spamlang_claim(_spam(600, 1000), 256, "t").verdict
     assert "no growth" in gb.spamlang_claim(_spam(100, 100), 256, "t").verdict
-    record = gb.spamlang_claim(_spam(100, 1000), 256, "t")
+    growing = gb.spamlang_claim(_spam(600, 1000), 256, "t").verdict
+    assert "(5.9 times the steps from V = 256 to 4,096 with the pool fixed, at least 9.8 times with all V" in growing
+    assert "(1.0 times" in gb.spamlang_claim(_spam(100, 100), 256, "t").verdict
+    record = gb.spamlang_claim(_spam(100, 1000), 256, "t", resolution=25)
+    assert "steps read every 25 steps" in record.caveats
     assert "3 of 4 cells" not in " ".join(record.caveats) and "1 of 4 cells" in " ".join(record.caveats)
 
 
