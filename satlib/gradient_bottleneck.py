@@ -73,7 +73,7 @@ def gradient_split(
     Returns:
         ``destroyed`` (r), ``visible_cosine`` (c = sqrt(1 - r²)), ``step_cosine`` (cosine between -G and the logit
         change of one equal gradient step on H and W), ``baseline`` (:func:`random_subspace_fraction` at the rank
-        of W), ``rank``, ``vocab``, ``tokens``.
+        of W), ``rank``, ``vocab``, ``batch_tokens``.
     """
     if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1] or len(targets) != len(hidden):
         raise ConfigurationError(f"gradient_split needs hidden (N, D), weight (V, D), targets (N,); got "
@@ -106,7 +106,7 @@ def gradient_split(
         "baseline": random_subspace_fraction(basis.shape[1], head.shape[0]),
         "rank": int(basis.shape[1]),
         "vocab": int(head.shape[0]),
-        "tokens": len(hidden),
+        "batch_tokens": len(hidden),
     }
 
 
@@ -191,14 +191,14 @@ def destroyed_claim(table: pd.DataFrame, source: str) -> Claim:
     distance = abs(float(furthest["r - baseline"]))
     range_text = "within" if inside else "outside"
     if distance <= BASELINE_TOLERANCE:
-        why = f"every final checkpoint is within {distance:.3f} of its random-subspace baseline: D/V alone explains r"
+        why = f"every final checkpoint is within {distance:.4f} of its random-subspace baseline: D/V alone explains r"
     else:
         why = (f"training moves r: {furthest.model} ends {float(furthest['r - baseline']):+.3f} from its "
                "random-subspace baseline")  # fmt: skip
     finding = f"{smol.model} loses {smol.destroyed:.1%} of the norm ({range_text} the range of the paper); {why}"
     book = "; ".join(f"{row.model} (D/V {row['D/V']:.4f}): r {row.destroyed:.4f}, baseline {row.baseline:.4f}"
                      for _, row in finals.iterrows())  # fmt: skip
-    caveats = [f"one batch of {int(smol.tokens):,} held-out tokens per checkpoint",
+    caveats = [f"one batch of {int(smol.batch_tokens):,} held-out tokens per checkpoint",
                "the paper's exact definition (per token or per batch, norm or squared norm) could not be read "
                "offline: the book uses the Frobenius ratio per batch"]  # fmt: skip
     return CLAIMS["x-gradient-destroyed-fraction"].judge(finding, book, source, caveats)

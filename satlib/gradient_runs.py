@@ -322,7 +322,8 @@ def measured_fractions(preset: str | Preset = "tiny") -> pd.DataFrame:
 
     Returns:
         One row per checkpoint: ``family`` (suite, pretrained, controlled), ``model``, ``width``, ``step``,
-        ``tokens``, ``destroyed``, ``visible_cosine``, ``step_cosine``, ``baseline``, ``rank``, ``vocab``.
+        ``tokens`` (of training), ``destroyed``, ``visible_cosine``, ``step_cosine``, ``baseline``, ``rank``,
+        ``vocab``, ``batch_tokens`` (measured on).
     """
     preset = get_preset(preset)
     names = ("gradient_bottleneck",)

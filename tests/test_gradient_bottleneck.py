@@ -44,7 +44,7 @@ def test_the_split_matches_a_brute_force_projection(seed):
     for key in ("destroyed", "visible_cosine", "step_cosine"):
         assert split[key] == pytest.approx(brute[key], abs=1e-10), key
     assert split["visible_cosine"] ** 2 + split["destroyed"] ** 2 == pytest.approx(1.0)
-    assert (split["rank"], split["vocab"], split["tokens"]) == (5, 60, 40)
+    assert (split["rank"], split["vocab"], split["batch_tokens"]) == (5, 60, 40)
 
 
 def test_the_split_is_the_same_in_float32_inputs_and_any_chunk():
@@ -141,7 +141,7 @@ def _fractions(smol=0.99, drift=0.0):
             "baseline": 0.994,
             "rank": 576,
             "vocab": 49152,
-            "tokens": 2048,
+            "batch_tokens": 2048,
         }
     ]
     for step, r in ((0, 0.992), (1200, 0.992 + drift)):
@@ -155,7 +155,7 @@ def _fractions(smol=0.99, drift=0.0):
                 "baseline": 0.992,
                 "rank": 64,
                 "vocab": 4096,
-                "tokens": 2048,
+                "batch_tokens": 2048,
             }
         )
     return pd.DataFrame(rows)
