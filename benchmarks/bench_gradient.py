@@ -41,7 +41,7 @@ def rank_cut_rates(grid: gradient_runs.GradientGrid) -> dict[str, float]:
         torch.manual_seed(0)
         model = GPTNeoXForCausalLM(training.model_config(spec, width))
         head = (
-            gb.FactorisedHead(spec.vocab_size, width, grid.cut_rank)
+            gb.FactorisedHead(spec.vocab_size, width, grid.cut_ranks[0])
             if arm == "factorised head"
             else model.get_output_embeddings()
         )
@@ -53,7 +53,7 @@ def rank_cut_rates(grid: gradient_runs.GradientGrid) -> dict[str, float]:
             hidden = model.gpt_neox(input_ids=windows[:, :-1]).last_hidden_state.reshape(-1, width)
             weight = head.weight
             if arm == "backward cut":
-                hidden = gb.backward_rank_cut(hidden, weight, grid.cut_rank)
+                hidden = gb.backward_rank_cut(hidden, weight, grid.cut_ranks[0])
             loss = training.chunked_cross_entropy(hidden, weight, windows[:, 1:].reshape(-1))
             optimizer.zero_grad()
             loss.backward()
@@ -107,7 +107,7 @@ def main() -> None:
     print(f"threads {torch.get_num_threads()}")
     cut = rank_cut_rates(grid)
     full = cut["full head"]
-    print(f"rank cut, d={grid.cut_width}, r={grid.cut_rank}: full head {full:,.0f} tok/s; "
+    print(f"rank cut, d={grid.cut_width}, r={grid.cut_ranks[0]}: full head {full:,.0f} tok/s; "
           + ", ".join(f"{arm} x{rate / full:.2f}" for arm, rate in cut.items() if arm != "full head"))  # fmt: skip
     for width in grid.widths:
         rates = spamlang_rates(grid, width)

@@ -61,7 +61,8 @@ class GradientGrid:
         context, batch_size: SpamLang windows per step. max_steps: a run that has not reached the accuracy stops
         here (counted as ``max_steps``: a lower bound). eval_every: steps between held-out evaluations of
         ``eval_windows`` sequences. rates: searched per (V, D, pool) with ``selection_seed``; seeds: reported.
-        cut_width, cut_rank, cut_steps, cut_layers, cut_vocab: the rank-cut experiment (the tiny suite's recipe).
+        cut_width, cut_ranks, cut_steps, cut_layers, cut_vocab: the rank-cut experiment (the tiny suite's recipe;
+        the full head once per seed, the two cut arms at every rank).
     """
 
     name: str
@@ -71,13 +72,13 @@ class GradientGrid:
     context: int = 8
     batch_size: int = 64
     max_steps: int = 1000
-    eval_every: int = 25
+    eval_every: int = 10
     eval_windows: int = 256
-    rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
     selection_seed: int = 0
     seeds: tuple[int, ...] = (1, 2, 3)
     cut_width: int = 32
-    cut_rank: int = 4
+    cut_ranks: tuple[int, ...] = (4, 16)
     cut_steps: int = 1200
     cut_layers: int = 2
     cut_vocab: int = 4096
@@ -102,7 +103,7 @@ class GradientGrid:
 GRIDS = {
     "cpu": GradientGrid("cpu"),
     "micro": GradientGrid("micro", vocabs=(32, 128), widths=(8,), pool=32, max_steps=60, eval_every=10,
-                          eval_windows=32, rates=(3e-3, 1e-2), seeds=(1, 2), cut_width=16, cut_rank=2,
+                          eval_windows=32, rates=(3e-3, 1e-2), seeds=(1, 2), cut_width=16, cut_ranks=(2,),
                           cut_steps=4, cut_layers=1, cut_curve_points=1),
 }  # fmt: skip
 
@@ -186,11 +187,13 @@ def _corpus_loss(backbone: torch.nn.Module, weight: torch.Tensor, windows: torch
     return total / windows[:, 1:].numel()
 
 
-def rank_cut_run(grid: GradientGrid, arm: str, seed: int) -> dict:
-    """Train one arm of the rank-cut experiment on the corpus (the tiny suite's recipe at ``cut_width``); its
-    validation loss along training and its test loss at the end."""
+def rank_cut_run(grid: GradientGrid, arm: str, seed: int, rank: int | None = None) -> dict:
+    """Train one arm of the rank-cut experiment on the corpus (the tiny suite's recipe at ``cut_width``; ``rank``
+    for the two cut arms, None for the full head); its validation loss along training and its test loss."""
     if arm not in ARMS:
         raise ConfigurationError(f"unknown arm {arm!r}: use one of {list(ARMS)}")
+    if (rank is None) != (arm == ARMS[0]):
+        raise ConfigurationError(f"the {arm!r} arm needs {'no rank' if arm == ARMS[0] else 'a rank'}, got {rank}")
     spec = grid.cut_spec(seed)
     data = CorpusBatches(spec.vocab_size)
     splits = {split: evaluation_windows(token_ids(split, spec.vocab_size), spec.context, spec.eval_tokens)
@@ -198,7 +201,7 @@ def rank_cut_run(grid: GradientGrid, arm: str, seed: int) -> dict:
     torch.manual_seed(seed)
     model = GPTNeoXForCausalLM(model_config(spec, grid.cut_width))
     backbone = model.gpt_neox
-    head = FactorisedHead(spec.vocab_size, grid.cut_width, grid.cut_rank, seed=seed) if arm == ARMS[1] \
+    head = FactorisedHead(spec.vocab_size, grid.cut_width, rank, seed=seed) if arm == ARMS[1] \
         else model.get_output_embeddings()  # fmt: skip
     parameters = [*backbone.parameters(), *head.parameters()]
     optimizer = _optimizer(parameters, spec)
@@ -215,22 +218,33 @@ def rank_cut_run(grid: GradientGrid, arm: str, seed: int) -> dict:
         hidden = backbone(input_ids=windows[:, :-1]).last_hidden_state.reshape(-1, grid.cut_width)
         weight = head.weight
         if arm == ARMS[2]:
-            hidden = backward_rank_cut(hidden, weight, grid.cut_rank)
+            hidden = backward_rank_cut(hidden, weight, rank)
         loss = chunked_cross_entropy(hidden, weight, windows[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
     seconds = time.perf_counter() - started
-    return {"experiment": "rank cut", "arm": arm, "seed": seed, "width": grid.cut_width, "rank": grid.cut_rank,
+    return {"experiment": "rank cut", "arm": arm, "seed": seed, "width": grid.cut_width, "rank": rank,
             "test_loss": _corpus_loss(backbone, head.weight, splits["test"]), "validation_loss": curve[-1][1],
             "curve": curve, "seconds": round(seconds, 2),
             "tokens_per_second": round(spec.steps * spec.tokens_per_step / max(seconds, 1e-9))}  # fmt: skip
 
 
+def run_key(grid: GradientGrid, task: tuple) -> dict:
+    """What one run depends on (its cache key): its own specification and task, not the rest of the grid."""
+    if task[0] == "spamlang":
+        vocab, width, pool, rate, seed, role = task[1:]
+        return {"spec": asdict(grid.spamlang_spec(vocab, width, rate, seed)), "pool": pool, "role": role,
+                "eval": [grid.eval_every, grid.eval_windows], "accuracy": SPAMLANG_ACCURACY}  # fmt: skip
+    arm, seed, rank = task[1:]
+    return {"spec": asdict(grid.cut_spec(seed)), "arm": arm, "rank": rank, "curve": grid.cut_curve_points}
+
+
 def _cached(grid: GradientGrid, task: tuple) -> dict:
-    """Run one task once: its record is kept in the cache (written atomically), so a killed grid resumes."""
-    path = cache_dir() / "gradient" / grid.name / f"{task[0]}-{digest([asdict(grid), list(task)], 16)}.json"
+    """Run one task once: its record is kept in the cache (written atomically) under :func:`run_key`, so a killed
+    grid resumes and a grid that adds runs trains only those."""
+    path = cache_dir() / "gradient" / f"{task[0].replace(' ', '-')}-{digest(run_key(grid, task), 16)}.json"
     if path.is_file():
         return read_json(path)
     record = spamlang_run(grid, *task[1:]) if task[0] == "spamlang" else rank_cut_run(grid, *task[1:])
@@ -265,7 +279,8 @@ def _run_all(grid: GradientGrid, tasks: list[tuple], jobs: int, bar: object) -> 
 def run(grid: GradientGrid, jobs: int = 1, snapshot: Path | None = None) -> dict:
     """Every run of a grid (resumable), then its snapshot: the records and their provenance, no weights."""
     started = time.perf_counter()
-    cut = [("rank cut", arm, seed) for seed in grid.seeds for arm in ARMS]
+    cut = [("rank cut", ARMS[0], seed, None) for seed in grid.seeds]
+    cut += [("rank cut", arm, seed, rank) for rank in grid.cut_ranks for seed in grid.seeds for arm in ARMS[1:]]
     selection = [
         ("spamlang", v, d, p, rate, grid.selection_seed, "validation")
         for v, d, p in reversed(grid.cells())

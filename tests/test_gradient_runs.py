@@ -60,11 +60,23 @@ def test_the_chosen_rate_is_the_fewest_steps_then_the_best_accuracy_then_the_sma
     assert gradient_runs.chosen_rates(pd.DataFrame(rows)) == {(64, 8, 64): 0.001, (256, 8, 64): 0.003}
 
 
+def test_the_cache_key_of_a_run_ignores_the_rest_of_the_grid():
+    import dataclasses
+
+    task = ("spamlang", 32, 8, None, 0.01, 1, "test")
+    other = dataclasses.replace(MICRO, seeds=(7,), cut_ranks=(3,), vocabs=(32,))
+    assert gradient_runs.run_key(MICRO, task) == gradient_runs.run_key(other, task)
+    finer = dataclasses.replace(MICRO, eval_every=5)
+    assert gradient_runs.run_key(MICRO, task) != gradient_runs.run_key(finer, task)
+    with pytest.raises(ConfigurationError, match="needs a rank"):
+        gradient_runs.rank_cut_run(MICRO, "backward cut", 1)
+
+
 def test_an_unknown_grid_or_arm_or_a_missing_snapshot_is_a_one_line_error(tmp_path):
     with pytest.raises(ConfigurationError, match="unknown gradient grid 'big'"):
         gradient_runs.grid_named("big")
     with pytest.raises(ConfigurationError, match="unknown arm"):
-        gradient_runs.rank_cut_run(MICRO, "half head", 1)
+        gradient_runs.rank_cut_run(MICRO, "half head", 1, 2)
     with pytest.raises(MissingArtefactError, match="make gradient GRID=micro"):
         gradient_runs.load_snapshot("micro", tmp_path)
 
@@ -92,9 +104,14 @@ def test_a_micro_grid_end_to_end(cache):
     chosen = gradient_runs.chosen_rates(spam[spam.role == "validation"])
     for _, row in spam[spam.role == "test"].iterrows():
         assert row.rate == chosen[row.vocab, row.width, row.pool]  # the test seeds run at the chosen rate
-    assert sorted(cut.arm.unique()) == sorted(gradient_runs.ARMS) and len(cut) == len(gradient_runs.ARMS) * seeds
+    assert sorted(cut.arm.unique()) == sorted(gradient_runs.ARMS)
+    assert len(cut) == (1 + 2 * len(MICRO.cut_ranks)) * seeds  # the full head once per seed, not per rank
     assert (cut.test_loss > 0).all() and cut.curve.map(len).eq(MICRO.cut_curve_points + 1).all()
     initial = cut.curve.map(lambda c: c[0][1])
     assert initial[cut.arm == "full head"].tolist() == initial[cut.arm == "backward cut"].tolist()  # same weights
+    full, backward = (
+        cut[cut.arm == arm].sort_values("seed").test_loss.tolist() for arm in ("full head", "backward cut")
+    )
+    assert all(a != b for a, b in zip(full, backward, strict=True))  # the cut changed the training
     assert gb.spamlang_claim(spam, MICRO.pool, "micro").id == "x-spamlang"
     assert gb.rank_cut_claim(cut, "micro").id == "x-backward-rank-cut"
