@@ -113,5 +113,5 @@ def test_a_micro_grid_end_to_end(cache):
         cut[cut.arm == arm].sort_values("seed").test_loss.tolist() for arm in ("full head", "backward cut")
     )
     assert all(a != b for a, b in zip(full, backward, strict=True))  # the cut changed the training
-    assert gb.spamlang_claim(spam, MICRO.pool, "micro").id == "x-spamlang"
+    assert gb.spamlang_claim(spam, MICRO.pool, "micro", MICRO.eval_every, MICRO.rates).id == "x-spamlang"
     assert gb.rank_cut_claim(cut, "micro").id == "x-backward-rank-cut"
