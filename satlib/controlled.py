@@ -32,7 +32,7 @@ import torch
 
 from satlib.claims import CLAIMS, NEAR_FLOOR, SATURATION_RISE
 from satlib.config import source_commit
-from satlib.errors import ConfigurationError, MissingArtefactError
+from satlib.errors import ConfigurationError, MissingArtefactError, chosen
 from satlib.long_run import training_provenance
 from satlib.models import suite_group
 from satlib.saturation import after_minimum, derived_columns
@@ -158,9 +158,7 @@ GRIDS: dict[str, ControlledGrid] = {
 
 def grid_named(name: str) -> ControlledGrid:
     """A grid of :data:`GRIDS`, or a one-line error naming them."""
-    if name not in GRIDS:
-        raise ConfigurationError(f"unknown grid {name!r}: use one of {sorted(GRIDS)}")
-    return GRIDS[name]
+    return chosen(GRIDS, name, "grid")
 
 
 def scaled(grid: ControlledGrid, tokens: int) -> ControlledGrid:

@@ -8,6 +8,11 @@ the traceback too. Each type also derives from the built-in exception a caller w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class SatlibError(Exception):
     """A mistake or fault the user can fix; the message says how."""
@@ -31,3 +36,10 @@ class OfflineError(SatlibError, ConnectionError):
 
 class FitError(SatlibError, ValueError):
     """A fit that the data cannot determine (too few points, degenerate values)."""
+
+
+def chosen(choices: Mapping[str, T], name: str, what: str) -> T:
+    """``choices[name]``, or a one-line :class:`ConfigurationError` naming ``what`` and the accepted names."""
+    if name not in choices:
+        raise ConfigurationError(f"unknown {what} {name!r}: use one of {sorted(choices)}")
+    return choices[name]

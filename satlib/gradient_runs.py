@@ -35,7 +35,7 @@ from transformers import GPTNeoXForCausalLM
 from satlib import controlled
 from satlib.claims import SPAMLANG_ACCURACY
 from satlib.config import cache_dir, source_commit
-from satlib.errors import ConfigurationError, MissingArtefactError
+from satlib.errors import ConfigurationError, MissingArtefactError, chosen
 from satlib.evaluate import GRADIENT_WINDOWS, evaluation_windows, sample_windows
 from satlib.gradient_bottleneck import FactorisedHead, backward_rank_cut
 from satlib.models import SMOLLM2
@@ -110,9 +110,7 @@ GRIDS = {
 
 def grid_named(name: str) -> GradientGrid:
     """A grid of :data:`GRIDS`, or a one-line error naming them."""
-    if name not in GRIDS:
-        raise ConfigurationError(f"unknown gradient grid {name!r}: use one of {sorted(GRIDS)}")
-    return GRIDS[name]
+    return chosen(GRIDS, name, "gradient grid")
 
 
 def pool_symbols(vocab: int, pool: int | None) -> torch.Tensor:
