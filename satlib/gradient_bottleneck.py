@@ -332,6 +332,12 @@ def rank_cut_summary(cut: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: How the backward cut's test loss compares with the factorised head's of the same rank, in words.
+AGAINST_FACTORISED = {"lower": "the cut ends below the factorised head beyond the spread",
+                      "higher": "the cut ends above the factorised head beyond the spread",
+                      "no clear difference": "no clear difference from the factorised head"}  # fmt: skip
+
+
 def rank_cut_claim(cut: pd.DataFrame, source: str) -> Claim:
     """The ledger record ``x-backward-rank-cut``: at each rank, does cutting only the backward pass cost loss, and
     how much of the factorised head's cost does it reproduce?"""
@@ -343,8 +349,8 @@ def rank_cut_claim(cut: pd.DataFrame, source: str) -> Claim:
             share = backward["minus full head"] / factorised["minus full head"]
             parts.append(f"at rank {int(rank)} of {width}, cutting only the backward pass costs "
                          f"{backward['minus full head']:+.3f} nats, {share:.0%} of what the factorised head costs "
-                         f"({factorised['minus full head']:+.3f}; the cut versus the factorised head: "
-                         f"{backward['versus factorised']})")  # fmt: skip
+                         f"({factorised['minus full head']:+.3f}; "
+                         f"{AGAINST_FACTORISED[backward['versus factorised']]})")  # fmt: skip
         else:
             parts.append(f"at rank {int(rank)} of {width}, cutting only the backward pass costs no clear loss "
                          f"({backward['minus full head']:+.3f} nats); the factorised head costs "

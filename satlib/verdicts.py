@@ -110,7 +110,9 @@ def compare(a: ArrayLike, b: ArrayLike, minimum: float = 0.0) -> Comparison:
     difference = float(a.mean() - b.mean())
     spread = float(max(np.ptp(a), np.ptp(b))) if a.size > 1 else 0.0
     agree = bool(np.all(np.sign(a - b) == np.sign(difference))) and difference != 0
-    clear = agree and abs(difference) > max(spread, minimum)
+    threshold = max(spread, minimum)
+    # Strictly beyond the threshold, not by the last bits of a mean: 33.33 - 23.33 must not beat a spread of 10.
+    clear = agree and abs(difference) - threshold > 1e-9 * max(1.0, threshold)
     direction = ("lower" if difference < 0 else "higher") if clear else "no clear difference"
     return Comparison(difference, spread, int(a.size), agree, direction)
 
