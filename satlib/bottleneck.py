@@ -156,34 +156,51 @@ class BottleneckFloors:
         """The bottleneck floor of width d in nats: ``best_rank_fit(d).loss``."""
         return self.best_rank_fit(d).loss
 
-    def floor_table(self, widths: list[int]) -> pd.DataFrame:
+    def layer_norm_loss(self, d: int) -> float:
+        """The floor of the class a width-d GPT-NeoX student really belongs to: rank d - 1 plus a free bias, i.e.
+        ``best_rank_loss(d - 1)`` (the unigram entropy at d = 1).
+
+        The final layer norm's output is ``g * n + beta`` with n = (x - mean x) / sqrt(var x + eps): n has mean
+        zero, so it lies in a (d - 1)-dimensional subspace, and the logits ``W (g * n + beta)`` are a rank-(d - 1)
+        function of the context plus the constant ``W beta``. Its norm, ``sqrt(d var / (var + eps))``, is below
+        sqrt(d) but otherwise free (eps > 0), and W is free, so every rank-(d - 1) log-linear model (rescaled to
+        fit the ball) is a limit of students: the class is exactly rank d - 1 plus a bias in W's span, inside rank
+        d - 1 plus a free bias. A tighter floor than ``best_rank_loss(d)``, and as valid.
+        """
+        d = integer("d", d, 1)
+        return self.unigram_entropy() if d == 1 else self.best_rank_fit(d - 1).loss
+
+    def floor_table(self, widths: list[int], layer_norm: bool = False) -> pd.DataFrame:
         """The bottleneck floor for each width, one row per width in increasing order.
 
         Columns: ``d``, ``floor`` (``best_rank_loss``), ``entropy_rate``, ``price`` (floor - entropy rate: the
-        excess loss a width-d head pays on this language however long it trains), ``unigram_entropy``.
+        excess loss a width-d head pays on this language however long it trains), ``unigram_entropy``; with
+        ``layer_norm``, also ``floor_layer_norm`` (:meth:`layer_norm_loss`, one more fit per width).
 
         Raises:
             FitError: a wider floor above a narrower one by more than 1e-9 nats (a local optimum was kept: the
                 floors cannot be trusted).
         """
         ds = sorted({integer("width", d, 1) for d in widths})
-        floors = [self.best_rank_fit(d).loss for d in ds]
-        for (narrow, low), (wide, high) in itertools.pairwise(zip(ds, floors, strict=True)):
+        fitted = sorted({*ds, *(d - 1 for d in ds if layer_norm and d > 1)})
+        floors = [self.best_rank_fit(d).loss for d in fitted]
+        for (narrow, low), (wide, high) in itertools.pairwise(zip(fitted, floors, strict=True)):
             if high > low + 1e-9:
                 raise FitError(
                     f"the floor at d = {wide} ({high:.9f}) is above the floor at d = {narrow} ({low:.9f}): "
                     "a local optimum; report this configuration"
                 )
-        entropy_rate = self.entropy_rate()
-        return pd.DataFrame(
+        entropy_rate, by_width = self.entropy_rate(), dict(zip(fitted, floors, strict=True))
+        table = pd.DataFrame(
             {
                 "d": ds,
-                "floor": floors,
+                "floor": [by_width[d] for d in ds],
                 "entropy_rate": entropy_rate,
-                "price": [floor - entropy_rate for floor in floors],
+                "price": [by_width[d] - entropy_rate for d in ds],
                 "unigram_entropy": self.unigram_entropy(),
             }
         )
+        return table.assign(floor_layer_norm=[self.layer_norm_loss(d) for d in ds]) if layer_norm else table
 
     def _expected_cross_entropy(self, logits: NDArray[np.float64]) -> float:
         """``sum_c pi_c CE(P[c], softmax(logits[c]))`` of (V, V) logits."""

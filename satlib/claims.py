@@ -43,8 +43,8 @@ class ClaimSpec:
                      verdict, provenance, tuple(caveats))  # fmt: skip
 
 
-#: How much higher than its minimum a head's singular entropy must rise late in training to count as a collapse,
-#: everywhere in the book (the paper's collapses are about tenfold, Figure 5).
+#: How many times its value a measurement must rise to count as a collapse of the head's spectrum or a jump of
+#: anisotropy, everywhere in the book (the paper's collapses are about tenfold, Figure 5).
 COLLAPSE_FACTOR = 2.0
 #: A loss rise (nats) after a run's minimum that counts as saturation, everywhere in the book.
 SATURATION_RISE = 0.01

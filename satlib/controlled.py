@@ -46,6 +46,8 @@ from satlib.verdicts import Claim
 SNAPSHOTS = Path(__file__).resolve().parent / "data_files" / "snapshots"
 #: Seed of the held-out windows every checkpoint is measured on (the training stream uses others).
 HELD_OUT_SEED = 7_777
+#: The factors of a student recorded beside each of its measurements.
+STUDENT_COLUMNS = ("schedule", "weight_decay", "batch_size", "final_lr", "parallel", "switch", "seed")
 #: The factors a grid may vary, and the values they accept.
 FACTORS = {"schedule": SCHEDULES, "weight_decay": "a number >= 0", "zipf": "a number >= 0", "batch_size": "an int"}
 
@@ -53,22 +55,34 @@ FACTORS = {"schedule": SCHEDULES, "weight_decay": "a number >= 0", "zipf": "a nu
 @dataclass(frozen=True)
 class SyntheticBatches:
     """Training windows drawn fresh from a synthetic language: step s is ``language.batch(s, ...)`` with this seed,
-    so no window is ever seen twice and training resumes at any step."""
+    so no window is ever seen twice and training resumes at any step. With ``switch`` (a fraction of the steps),
+    the windows come from ``later`` from that step on: the positive control of the saturation detector, whose
+    held-out loss (on ``language``) must rise."""
 
     language: SyntheticLanguage
     seed: int = 1
+    later: SyntheticLanguage | None = None
+    switch: float = 1.0
 
     @property
     def identity(self) -> str:
-        return f"synthetic-{digest(asdict(self.language), 10)}-s{self.seed}"
+        switched = "" if self.later is None else f"-then-{digest(asdict(self.later), 10)}-at{self.switch:g}"
+        return f"synthetic-{digest(asdict(self.language), 10)}-s{self.seed}{switched}"
 
     def batch(self, spec: SuiteSpec, step: int) -> torch.Tensor:
-        return self.language.batch(step, spec.batch_size, spec.context, self.seed)
+        switched = self.later is not None and step >= self.switch * spec.steps
+        language = self.later if switched else self.language
+        return language.batch(step, spec.batch_size, spec.context, self.seed)
 
 
 @dataclass(frozen=True)
 class Student:
-    """One student of a grid: its width and the factors it varies (the grid's defaults elsewhere)."""
+    """One student of a grid: its width and the factors it varies (the grid's defaults elsewhere).
+
+    ``final_lr``: the cosine schedule's last rate, as a fraction of the peak (Pythia: 0.1). ``parallel``: Pythia's
+    parallel attention and MLP blocks, or sequential ones. ``switch``: the fraction of training after which the
+    stream comes from another world (the positive control; ``None``: never). ``seed``: initialisation, data order
+    and the training stream."""
 
     width: int
     schedule: str = "cosine"
@@ -76,24 +90,40 @@ class Student:
     zipf: float = 1.0
     batch_size: int = 256
     tokens: int | None = None  # default: the grid's
+    final_lr: float = 0.1
+    parallel: bool = True
+    switch: float | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
             raise ConfigurationError(f"a student's width must be an integer >= 1, got {self.width!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigurationError(f"unknown schedule {self.schedule!r}: use one of {list(SCHEDULES)}")
-        if self.weight_decay < 0 or self.zipf < 0 or self.batch_size < 1:
-            raise ConfigurationError(f"bad factor in {self}: weight_decay and zipf >= 0, batch_size >= 1")
+        if self.weight_decay < 0 or self.zipf < 0 or self.batch_size < 1 or not 0 <= self.final_lr <= 1:
+            raise ConfigurationError(f"bad factor in {self}: weight_decay and zipf >= 0, batch_size >= 1, "
+                                     "final_lr in [0, 1]")  # fmt: skip
+        if self.switch is not None and not 0 < self.switch < 1:
+            raise ConfigurationError(f"a student's switch is a fraction of its steps in (0, 1), got {self.switch}")
+
+    @property
+    def extras(self) -> list[str]:
+        """The factors that differ from Pythia's recipe beyond the first five (none for the first grids)."""
+        return [*([f"final lr {self.final_lr:g}"] if self.final_lr != 0.1 else []),
+                *([] if self.parallel else ["sequential"]),
+                *([f"switch at {self.switch:g}"] if self.switch is not None else []),
+                *([f"seed {self.seed}"] if self.seed else [])]  # fmt: skip
 
     @property
     def label(self) -> str:
-        return (f"d={self.width}, {self.schedule}, wd {self.weight_decay:g}, zipf {self.zipf:g}, "
-                f"batch {self.batch_size}")  # fmt: skip
+        return ", ".join([f"d={self.width}, {self.schedule}, wd {self.weight_decay:g}, zipf {self.zipf:g}, "
+                          f"batch {self.batch_size}", *self.extras])  # fmt: skip
 
     @property
     def slug(self) -> str:
         """A short name for files and the result store."""
-        return f"d{self.width}-{self.schedule}-wd{self.weight_decay:g}-z{self.zipf:g}-b{self.batch_size}"
+        extras = "".join(f"-{extra}".replace(" ", "") for extra in self.extras)
+        return f"d{self.width}-{self.schedule}-wd{self.weight_decay:g}-z{self.zipf:g}-b{self.batch_size}{extras}"
 
 
 @dataclass(frozen=True)
@@ -130,7 +160,13 @@ class ControlledGrid:
             vocab_size=self.vocab_size,
             context=self.context, batch_size=student.batch_size, steps=steps, peak_lr=self.peak_lr,
             checkpoints_evenly=self.checkpoints, schedule=student.schedule, weight_decay=student.weight_decay,
+            final_lr_fraction=student.final_lr, parallel_residual=student.parallel, seed=student.seed,
         )  # fmt: skip
+
+    def batches(self, student: Student) -> SyntheticBatches:
+        """The student's training stream (from another world, ``world_seed + 1``, after its switch)."""
+        later = None if student.switch is None else replace(self.language(student.zipf), seed=self.world_seed + 1)
+        return SyntheticBatches(self.language(student.zipf), 1 + student.seed, later, student.switch or 1.0)
 
 
 def _factorial(widths: tuple[int, ...], batch_size: int) -> tuple[Student, ...]:
@@ -139,16 +175,31 @@ def _factorial(widths: tuple[int, ...], batch_size: int) -> tuple[Student, ...]:
                  for d in widths for schedule in SCHEDULES for wd in (0.0, 0.1))  # fmt: skip
 
 
-#: ``live``: one student below the rank and one above it, in every book build (about a minute on a CPU). ``cpu``:
-#: ``make controlled`` on 2 cores (about an hour and a quarter): width 8 under each schedule and weight decay, width
-#: 4, and width 64 at the rank with a quarter of the tokens. ``gpu``: widths 8 to 32 below the rank 64 and 128 above
-#: it, each schedule and weight decay, with 200M tokens each (11,600 tokens per parameter at width 8), plus flat
-#: token frequencies and a smaller batch at width 8.
+def _factors(width: int, batch_size: int, seeds: int) -> tuple[Student, ...]:
+    """One factor at a time around a base student: batch size, weight decay, the final learning rate and the
+    blocks, each with ``seeds`` seeds (Kulkarni et al. 2026's factors)."""
+    base = Student(width, batch_size=batch_size)
+    arms = (base, replace(base, batch_size=16), replace(base, batch_size=256), replace(base, weight_decay=0.0),
+            replace(base, weight_decay=0.5), replace(base, final_lr=0.0), replace(base, parallel=False))
+    return tuple(replace(arm, seed=seed) for arm in arms for seed in range(seeds))  # fmt: skip
+
+
+#: ``live``: one student below the rank, one above it and the positive control (the world changes halfway), in
+#: every book build (about a minute on a CPU). ``cpu``: the first grid (``make controlled``, about an hour on 2
+#: cores): width 8 under each schedule and weight decay, width 4, and width 64 at the rank. ``factors``: a smaller
+#: world (V = 256, rank 32) in which width 4 reaches 13,000 tokens per parameter in minutes: each factor of
+#: :func:`_factors` with three seeds, width 64 above the rank, and the positive control (about half an hour on
+#: 2 cores). ``gpu``: widths 8 to 32 below the rank 64 and 128 above it, each schedule and weight decay, with 200M
+#: tokens each (11,600 tokens per parameter at width 8), plus flat token frequencies and a smaller batch at width 8.
 GRIDS: dict[str, ControlledGrid] = {
-    "live": ControlledGrid("live", (Student(8, batch_size=64), Student(128, batch_size=64)), tokens=1_250_000,
+    "live": ControlledGrid("live", (Student(8, batch_size=64), Student(128, batch_size=64),
+                                    Student(8, batch_size=64, switch=0.5)), tokens=1_250_000,
                            held_out_windows=128, checkpoints=10),
     "cpu": ControlledGrid("cpu", (*_factorial((8,), 256), Student(4, "constant"), Student(64, tokens=10_000_000)),
                           tokens=40_000_000),
+    "factors": ControlledGrid("factors", (*_factors(4, 64, 3), Student(64, batch_size=64),
+                                          Student(4, batch_size=64, switch=0.75)),
+                              tokens=30_000_000, vocab_size=256, rank=32, scale=3 / 32**0.25),
     "gpu": ControlledGrid("gpu", (Student(8, "constant", batch_size=256),  # the longest first: four times the steps
                                   *_factorial((8, 16, 32, 128), 1024),
                                   Student(8, "constant", zipf=0.0, batch_size=1024)),
@@ -172,7 +223,7 @@ def scaled(grid: ControlledGrid, tokens: int) -> ControlledGrid:
 
 def runs_of(grid: ControlledGrid) -> list[tuple[SuiteSpec, int, SyntheticBatches]]:
     """(suite, width, training data) of every student, for :func:`satlib.training.ensure_trained`."""
-    return [(grid.spec(s), s.width, SyntheticBatches(grid.language(s.zipf))) for s in grid.students]
+    return [(grid.spec(s), s.width, grid.batches(s)) for s in grid.students]
 
 
 def held_out(grid: ControlledGrid, zipf: float) -> torch.Tensor:
@@ -181,13 +232,14 @@ def held_out(grid: ControlledGrid, zipf: float) -> torch.Tensor:
 
 
 def floors(grid: ControlledGrid) -> pd.DataFrame:
-    """The floor of every student's width and the entropy rate of its language: one row per (zipf, width)
-    (each language's :meth:`satlib.synthetic.SyntheticLanguage.floor_table`, cached there)."""
+    """The floors of every student's width (rank d, and the layer-norm class: rank d - 1 plus a bias) and the
+    entropy rate of its language: one row per (zipf, width) (each language's
+    :meth:`satlib.synthetic.SyntheticLanguage.floor_table`, cached there)."""
     rows = []
     for zipf in sorted({s.zipf for s in grid.students}):
         language = grid.language(zipf)
         widths = sorted({s.width for s in grid.students if s.zipf == zipf})
-        table = language.floor_table(widths)
+        table = language.floor_table(widths, layer_norm=True)
         rows += [{"zipf": zipf, **row} for row in table.to_dict(orient="records")]
     return pd.DataFrame(rows)
 
@@ -211,14 +263,14 @@ def measure(grid: ControlledGrid, jobs: int = 1, device: str = "cpu") -> pd.Data
             table = measure_trained([run for run, _ in chosen], data, names, executor=executor, device=device)
             by_group = {suite_group(spec, data.identity): student for (spec, _, data), student in chosen}
             students = [by_group[group] for group in table.group]
-            tables.append(table.assign(student=[s.label for s in students], schedule=[s.schedule for s in students],
-                                       weight_decay=[s.weight_decay for s in students], zipf=zipf,
-                                       batch_size=[s.batch_size for s in students]))  # fmt: skip
+            factors = {name: [getattr(s, name) for s in students] for name in STUDENT_COLUMNS}
+            tables.append(table.assign(student=[s.label for s in students], zipf=zipf, **factors))
     table = pd.concat(tables, ignore_index=True)
     floor = floors(grid).set_index(["zipf", "d"])
-    table["floor"] = [float(floor.floor[z, w]) for z, w in zip(table.zipf, table.width, strict=True)]
-    table["entropy_rate"] = [float(floor.entropy_rate[z, w]) for z, w in zip(table.zipf, table.width, strict=True)]
+    for column in ("floor", "floor_layer_norm", "entropy_rate"):
+        table[column] = [float(floor[column][z, w]) for z, w in zip(table.zipf, table.width, strict=True)]
     table["gap_to_floor"] = table.heldout_loss - table.floor
+    table["gap_to_layer_norm_floor"] = table.heldout_loss - table.floor_layer_norm
     table["gap_to_entropy"] = table.heldout_loss - table.entropy_rate
     return derived_columns(table)
 
@@ -237,7 +289,8 @@ def run(grid: ControlledGrid, jobs: int = 1, device: str = "cpu", snapshot: Path
         "jobs": jobs, "wall_seconds": round(time.perf_counter() - started), "grid": asdict(grid),
         "training": {label: training_provenance(r) for label, r in records.items()},
     }  # fmt: skip
-    columns = [c for c in table.columns if c not in ("last_anisotropy", "singular_entropy", "tokens_per_parameter")]
+    derived = ("last_anisotropy", "singular_entropy", "effective_rank", "tokens_per_parameter")
+    columns = [c for c in table.columns if c not in derived]
     result = {"provenance": provenance, "rows": table[columns].to_dict(orient="records")}
     write_json(snapshot or SNAPSHOTS / f"controlled-{grid.name}.json", result)
     return result
@@ -253,15 +306,15 @@ def load_snapshot(name: str, folder: Path = SNAPSHOTS) -> tuple[pd.DataFrame, di
     return derived_columns(pd.DataFrame(snapshot["rows"])), snapshot["provenance"]
 
 
-def verdicts(table: pd.DataFrame, jump: float = 0.2) -> pd.DataFrame:
+def verdicts(table: pd.DataFrame) -> pd.DataFrame:
     """Did each student saturate? One row per student: tokens per parameter reached, the step of its lowest held-out
     loss, the rise after it, ``saturated`` (a rise of more than :data:`satlib.claims.SATURATION_RISE` nats: on a
     fresh stream nothing else makes the loss rise), the final gaps to the floor and to the entropy rate, and whether
-    anisotropy or singular entropy rose by more than ``jump`` (relative) after the minimum."""
+    anisotropy or singular entropy jumped after the minimum (:func:`satlib.saturation.after_minimum`)."""
     rows = {}
     for label, group in table.groupby("student", sort=False):
         group = group.sort_values("step").reset_index(drop=True)
-        best, rise, anisotropy_jumped, entropy_jumped = after_minimum(group, jump)
+        best, rise, anisotropy_jumped, entropy_jumped = after_minimum(group)
         rows[label] = {
             "width": int(group.width.iloc[0]), "tokens per parameter": float(group.tokens_per_parameter.iloc[-1]),
             "lowest loss at step": int(group.step.iloc[best]), "last step": int(group.step.iloc[-1]),

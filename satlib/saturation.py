@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from satlib.claims import CLAIMS, SATURATION_RISE
+from satlib.claims import CLAIMS, COLLAPSE_FACTOR, SATURATION_RISE
 from satlib.metrics import singular_entropy
 from satlib.scaling import ChinchillaFit, fit_chinchilla, relative_gap
 from satlib.spectra import SINGULAR_ENTROPY_POWER
@@ -196,12 +196,15 @@ def constants_claim(alternatives: pd.DataFrame) -> Claim:
 
 
 def derived_columns(table: pd.DataFrame, power: float = SINGULAR_ENTROPY_POWER) -> pd.DataFrame:
-    """``tokens_per_parameter``, ``last_anisotropy`` (the head's input) and ``singular_entropy`` (power ``power``)
-    of measured checkpoints (columns ``tokens``, ``parameters``, ``anisotropy_profile``, ``head_singular_values``)."""
+    """``tokens_per_parameter``, ``last_anisotropy`` (the head's input), ``singular_entropy`` (power ``power``) and
+    ``effective_rank`` (``exp H(p)`` of the same normalisation: ``d exp(-singular_entropy)``, between 1 and d) of
+    measured checkpoints (columns ``tokens``, ``parameters``, ``anisotropy_profile``, ``head_singular_values``)."""
+    entropy = table.head_singular_values.map(lambda sigma: singular_entropy(sigma, power))
     return table.assign(
         tokens_per_parameter=table.tokens / table.parameters,
         last_anisotropy=table.anisotropy_profile.map(lambda profile: profile[-1]),
-        singular_entropy=table.head_singular_values.map(lambda sigma: singular_entropy(sigma, power)),
+        singular_entropy=entropy,
+        effective_rank=table.head_singular_values.map(len) * np.exp(-entropy.astype(float)),
     )
 
 
@@ -210,43 +213,46 @@ class AfterMinimum(NamedTuple):
 
     best: int  #: row of the lowest held-out loss, in step order
     rise: float  #: last held-out loss minus the lowest (nats)
-    anisotropy_jumped: bool  #: last-layer anisotropy later exceeded its value at the minimum by ``jump`` (relative)
+    anisotropy_jumped: bool  #: last-layer anisotropy later exceeded ``factor`` times its value at the minimum
     entropy_jumped: bool  #: singular entropy did the same
 
 
-def after_minimum(run: pd.DataFrame, jump: float) -> AfterMinimum:
-    """The held-out loss's rise after its minimum, and whether anisotropy and singular entropy jumped after it, for
-    one run's checkpoints sorted by step (columns ``heldout_loss``, ``last_anisotropy``, ``singular_entropy``;
-    paper §3 and §4)."""
+def after_minimum(run: pd.DataFrame, factor: float = COLLAPSE_FACTOR) -> AfterMinimum:
+    """The held-out loss's rise after its minimum, and whether anisotropy and singular entropy jumped after it
+    (rose to more than ``factor`` times their value at the minimum: the book's one threshold for a jump or a
+    collapse), for one run's checkpoints sorted by step (columns ``heldout_loss``, ``last_anisotropy``,
+    ``singular_entropy``; paper §3 and §4)."""
     losses = run.heldout_loss.to_numpy()
     best = int(np.nanargmin(losses))  # a missing measurement (NaN) is never the minimum
     after = run.iloc[best:]
     return AfterMinimum(
         best,
         float(losses[-1] - losses[best]),
-        bool(after.last_anisotropy.max() > (1 + jump) * after.last_anisotropy.iloc[0]),
-        bool(after.singular_entropy.max() > (1 + jump) * after.singular_entropy.iloc[0]),
+        bool(after.last_anisotropy.max() > factor * after.last_anisotropy.iloc[0]),
+        bool(after.singular_entropy.max() > factor * after.singular_entropy.iloc[0]),
     )
 
 
-def saturation_verdict(table: pd.DataFrame, tolerance: float = SATURATION_RISE, jump: float = 0.2) -> pd.DataFrame:
+def saturation_verdict(
+    table: pd.DataFrame, tolerance: float = SATURATION_RISE, factor: float = COLLAPSE_FACTOR
+) -> pd.DataFrame:
     """Did each run saturate? One row per run, computed from its checkpoints (paper §3 and §4).
 
     A run *saturates* when its held-out loss ends more than ``tolerance`` nats above its minimum while the loss
     on the training sample does not fall below its own value at that minimum (otherwise the rise is
-    overfitting). Anisotropy and singular entropy *jump* when their maximum after the held-out minimum exceeds
-    their value at the minimum by more than ``jump`` (relative).
+    overfitting). Anisotropy and singular entropy *jump* when their maximum after the held-out minimum is more
+    than ``factor`` times their value at the minimum.
 
     Args:
         table: rows of :func:`load_snapshot` (``run``, ``step``, ``tokens_per_parameter``, ``heldout_loss``,
             ``train_loss``, ``last_anisotropy``, ``singular_entropy``).
         tolerance: rise of the held-out loss (nats) that counts as saturation.
-        jump: relative rise of anisotropy or singular entropy that counts as a jump.
+        factor: rise of anisotropy or singular entropy, as a multiple, that counts as a jump.
     """
     rows = {}
     for run_name, group in table.groupby("run", sort=False):
         group = group.sort_values("step").reset_index(drop=True)
-        best, rise, anisotropy_jumped, entropy_jumped = after_minimum(group, jump)
+        best, rise, anisotropy_jumped, entropy_jumped = after_minimum(group, factor)
         train_fell = bool(group.train_loss.iloc[-1] < group.train_loss.iloc[best] - tolerance)
         rows[run_name] = {
             "tokens per parameter": float(group.tokens_per_parameter.iloc[-1]),

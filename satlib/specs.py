@@ -50,6 +50,8 @@ class SuiteSpec:
         schedule: ``cosine`` (Pythia: warm-up, then cosine decay) or ``constant`` (warm-up, then the peak rate).
         weight_decay: AdamW's decoupled weight decay on every parameter (GPT-NeoX exempts biases and norms: a
             simplification).
+        parallel_residual: Pythia's parallel attention and MLP blocks (``True``), or sequential ones (``False``,
+            as OLMo; Kulkarni et al. 2026 suspect the parallel blocks of Pythia-14M's degradation).
     """
 
     name: str
@@ -68,6 +70,7 @@ class SuiteSpec:
     final_lr_fraction: float = field(default=0.1)
     schedule: str = "cosine"
     weight_decay: float = 0.01
+    parallel_residual: bool = True
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -83,8 +86,12 @@ class SuiteSpec:
 
     def key(self) -> str:
         """Short hash of the whole specification (part of the cache key; the training data's identity is the
-        other part, see :func:`satlib.training.model_dir`)."""
-        return digest(asdict(self), 10)
+        other part, see :func:`satlib.training.model_dir`). Pythia's parallel blocks, the default, are left out
+        of it, so the suites trained before the field existed keep their keys."""
+        fields = asdict(self)
+        if fields["parallel_residual"]:
+            del fields["parallel_residual"]
+        return digest(fields, 10)
 
     def model_name(self, width: int) -> str:
         """Registry name of the model of hidden size ``width`` (``tiny-d64``)."""

@@ -371,15 +371,15 @@ class SyntheticLanguage:
         """The bottleneck floor of width d in nats: ``best_rank_fit(d).loss``."""
         return self._floors.best_rank_fit(d).loss
 
-    def floor_table(self, widths: list[int]) -> pd.DataFrame:
-        """The bottleneck floor for each width (:meth:`satlib.bottleneck.BottleneckFloors.floor_table`), stored as
-        JSON in the cache under the language's parameters and the widths (the fits take seconds to minutes; a
-        chapter run again, or its reproducibility test, reads them back)."""
-        key = digest([asdict(self), sorted(set(widths)), _fit_source()])  # a change to the code is a new key
+    def floor_table(self, widths: list[int], layer_norm: bool = False) -> pd.DataFrame:
+        """The bottleneck floor for each width (:meth:`satlib.bottleneck.BottleneckFloors.floor_table`, with the
+        layer-norm class's floor if ``layer_norm``), stored as JSON in the cache under the language's parameters
+        and the widths (the fits take seconds to minutes; a chapter run again, or its test, reads them back)."""
+        key = digest([asdict(self), sorted(set(widths)), _fit_source(), *(["layer norm"] if layer_norm else [])])
         path = cache_dir() / "floors" / f"{key}.json"
         if path.is_file():
             return pd.DataFrame(read_json(path))
-        table = self._floors.floor_table(widths)
+        table = self._floors.floor_table(widths, layer_norm)
         write_json(path, table.to_dict(orient="records"))
         return table
 

@@ -57,7 +57,7 @@ def model_config(spec: SuiteSpec, width: int) -> GPTNeoXConfig:
         intermediate_size=4 * width,
         max_position_embeddings=spec.context,
         rotary_pct=0.25,
-        use_parallel_residual=True,
+        use_parallel_residual=spec.parallel_residual,
         tie_word_embeddings=False,
         hidden_dropout=0.0,
         attention_dropout=0.0,
