@@ -30,6 +30,7 @@ import torch
 
 from satlib import build, gradient_runs
 from satlib import controlled as controlled_experiment
+from satlib.controlled_verdicts import student_verdicts
 from satlib.errors import ConfigurationError, SatlibError
 from satlib.evaluate import MEASUREMENTS
 from satlib.heads.experiments import run_mixture_experiment, run_rank_experiment
@@ -146,7 +147,7 @@ def controlled(arguments: argparse.Namespace) -> int:
     folder = arguments.snapshot_folder or controlled_experiment.SNAPSHOTS
     result = controlled_experiment.run(grid, arguments.jobs, device, folder / f"controlled-{grid.name}.json")
     table, _ = controlled_experiment.load_snapshot(grid.name, folder)
-    print(controlled_experiment.verdicts(table).to_string())
+    print(student_verdicts(table).to_string())
     print(f"controlled: snapshot of the {grid.name!r} grid written ({result['provenance']['wall_seconds']} s)")
     return 0
 
@@ -179,7 +180,7 @@ def parser() -> argparse.ArgumentParser:
     long_parser.add_argument("--jobs", type=_positive_int, default=2, help="models trained at once")
     long_parser.set_defaults(run=long_run)
     controlled_parser = commands.add_parser("controlled", help="the controlled test of the mechanism (synthetic)")
-    controlled_parser.add_argument("--grid", default="cpu", help="live, cpu (default) or gpu")
+    controlled_parser.add_argument("--grid", default="factors", help="live, factors (default) or gpu")
     controlled_parser.add_argument("--jobs", type=_positive_int, default=2, help="students trained at once")
     controlled_parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     controlled_parser.add_argument("--tokens", type=_positive_int, default=None, help="a rehearsal: tokens per student")

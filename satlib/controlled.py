@@ -4,14 +4,16 @@ layer; beyond the paper).
 Students (one-layer GPT-NeoX models on the book's recipe, :mod:`satlib.training`) are trained on a fresh stream
 from a :class:`satlib.synthetic.SyntheticLanguage` whose next-token distribution has a known rank, never an epoch
 twice, and measured at every checkpoint through :mod:`satlib.sweep` on held-out windows of the same language. Each
-student is compared with the exact floor of its width (:mod:`satlib.bottleneck`) and the language's entropy rate.
-On an endless stream there is no overfitting: a late rise of held-out loss is saturation.
+student is compared with the floors of its width (:mod:`satlib.bottleneck`: rank d, and the layer-norm class) and
+the language's entropy rate. On an endless stream there is no overfitting: a late rise of held-out loss is
+saturation, and a student whose stream changes worlds part-way is a positive control that must show one.
 
 A :class:`ControlledGrid` is the experiment: one world, and students that vary the width around the rank and the
-factors the disputed causes point to (schedule, weight decay, token frequencies, batch size). ``live`` runs in
-every book build (two students, about a minute); ``cpu`` is ``make controlled`` (about two hours on 2 idle cores);
-``gpu`` is the same command on a GPU machine, with far more tokens. Each writes a frozen snapshot of measurements
-with its provenance; the chapter reads them.
+factors the disputed causes point to (batch size, weight decay, the final learning rate, parallel or sequential
+blocks), with seeds. ``live`` runs in every book build (three students, about a minute); ``factors`` is ``make
+controlled`` (about half an hour on 2 cores); ``gpu`` is the same design on a GPU machine, with far more tokens.
+Each writes a frozen snapshot of measurements with its provenance; the chapter reads them, and
+:mod:`satlib.controlled_verdicts` judges them.
 """
 
 from __future__ import annotations
@@ -30,18 +32,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from satlib.claims import CLAIMS, NEAR_FLOOR, SATURATION_RISE
 from satlib.config import source_commit
 from satlib.errors import ConfigurationError, MissingArtefactError, chosen
 from satlib.long_run import training_provenance
 from satlib.models import suite_group
-from satlib.saturation import after_minimum, derived_columns
+from satlib.saturation import derived_columns
 from satlib.specs import SCHEDULES, SuiteSpec
 from satlib.storage import digest, read_json, write_json
 from satlib.sweep import measure_trained
 from satlib.synthetic import SyntheticLanguage
 from satlib.training import ensure_trained, training_record
-from satlib.verdicts import Claim
 
 SNAPSHOTS = Path(__file__).resolve().parent / "data_files" / "snapshots"
 #: Seed of the held-out windows every checkpoint is measured on (the training stream uses others).
@@ -169,40 +169,30 @@ class ControlledGrid:
         return SyntheticBatches(self.language(student.zipf), 1 + student.seed, later, student.switch or 1.0)
 
 
-def _factorial(widths: tuple[int, ...], batch_size: int) -> tuple[Student, ...]:
-    """Every width with each schedule and with weight decay off and on."""
-    return tuple(Student(d, schedule, wd, batch_size=batch_size)
-                 for d in widths for schedule in SCHEDULES for wd in (0.0, 0.1))  # fmt: skip
-
-
-def _factors(width: int, batch_size: int, seeds: int) -> tuple[Student, ...]:
-    """One factor at a time around a base student: batch size, weight decay, the final learning rate and the
-    blocks, each with ``seeds`` seeds (Kulkarni et al. 2026's factors)."""
-    base = Student(width, batch_size=batch_size)
-    arms = (base, replace(base, batch_size=16), replace(base, batch_size=256), replace(base, weight_decay=0.0),
-            replace(base, weight_decay=0.5), replace(base, final_lr=0.0), replace(base, parallel=False))
-    return tuple(replace(arm, seed=seed) for arm in arms for seed in range(seeds))  # fmt: skip
+def _factors(width: int, seeds: int) -> tuple[Student, ...]:
+    """One factor at a time around a base student (batch 64, weight decay 0.1, final rate 10% of the peak,
+    parallel blocks): batch size, weight decay, the final learning rate and the blocks, each with ``seeds`` seeds
+    (Kulkarni et al. 2026's factors)."""
+    base = Student(width, batch_size=64)
+    changes = ({}, {"batch_size": 16}, {"batch_size": 256}, {"weight_decay": 0.0}, {"weight_decay": 0.5},
+               {"final_lr": 0.0}, {"parallel": False})  # fmt: skip
+    return tuple(replace(base, **change, seed=seed) for change in changes for seed in range(seeds))
 
 
 #: ``live``: one student below the rank, one above it and the positive control (the world changes halfway), in
-#: every book build (about a minute on a CPU). ``cpu``: the first grid (``make controlled``, about an hour on 2
-#: cores): width 8 under each schedule and weight decay, width 4, and width 64 at the rank. ``factors``: a smaller
-#: world (V = 256, rank 32) in which width 4 reaches 13,000 tokens per parameter in minutes: each factor of
-#: :func:`_factors` with three seeds, width 64 above the rank, and the positive control (about half an hour on
-#: 2 cores). ``gpu``: widths 8 to 32 below the rank 64 and 128 above it, each schedule and weight decay, with 200M
-#: tokens each (11,600 tokens per parameter at width 8), plus flat token frequencies and a smaller batch at width 8.
+#: every book build (about a minute on a CPU). ``factors``: ``make controlled``, a smaller world (V = 256, rank 32)
+#: in which width 4 reaches 13,000 tokens per parameter in minutes: each arm of :func:`_factors` with three seeds,
+#: width 64 above the rank, and the positive control (about half an hour on 2 cores). ``gpu``: the same design in
+#: the first world (V = 1,024, rank 64) at width 8, with 128 above the rank and 200M tokens per student (11,600 tokens
+#: per parameter at width 8): ``make controlled GRID=gpu`` on a GPU machine.
 GRIDS: dict[str, ControlledGrid] = {
     "live": ControlledGrid("live", (Student(8, batch_size=64), Student(128, batch_size=64),
                                     Student(8, batch_size=64, switch=0.5)), tokens=1_250_000,
                            held_out_windows=128, checkpoints=10),
-    "cpu": ControlledGrid("cpu", (*_factorial((8,), 256), Student(4, "constant"), Student(64, tokens=10_000_000)),
-                          tokens=40_000_000),
-    "factors": ControlledGrid("factors", (*_factors(4, 64, 3), Student(64, batch_size=64),
+    "factors": ControlledGrid("factors", (*_factors(4, 3), Student(64, batch_size=64),
                                           Student(4, batch_size=64, switch=0.75)),
                               tokens=30_000_000, vocab_size=256, rank=32, scale=3 / 32**0.25),
-    "gpu": ControlledGrid("gpu", (Student(8, "constant", batch_size=256),  # the longest first: four times the steps
-                                  *_factorial((8, 16, 32, 128), 1024),
-                                  Student(8, "constant", zipf=0.0, batch_size=1024)),
+    "gpu": ControlledGrid("gpu", (*_factors(8, 3), Student(128, batch_size=64), Student(8, batch_size=64, switch=0.75)),
                           tokens=200_000_000, held_out_windows=1024, checkpoints=40),
 }  # fmt: skip
 
@@ -306,48 +296,6 @@ def load_snapshot(name: str, folder: Path = SNAPSHOTS) -> tuple[pd.DataFrame, di
     return derived_columns(pd.DataFrame(snapshot["rows"])), snapshot["provenance"]
 
 
-def verdicts(table: pd.DataFrame) -> pd.DataFrame:
-    """Did each student saturate? One row per student: tokens per parameter reached, the step of its lowest held-out
-    loss, the rise after it, ``saturated`` (a rise of more than :data:`satlib.claims.SATURATION_RISE` nats: on a
-    fresh stream nothing else makes the loss rise), the final gaps to the floor and to the entropy rate, and whether
-    anisotropy or singular entropy jumped after the minimum (:func:`satlib.saturation.after_minimum`)."""
-    rows = {}
-    for label, group in table.groupby("student", sort=False):
-        group = group.sort_values("step").reset_index(drop=True)
-        best, rise, anisotropy_jumped, entropy_jumped = after_minimum(group)
-        rows[label] = {
-            "width": int(group.width.iloc[0]), "tokens per parameter": float(group.tokens_per_parameter.iloc[-1]),
-            "lowest loss at step": int(group.step.iloc[best]), "last step": int(group.step.iloc[-1]),
-            "rise after minimum": rise, "saturated": bool(rise > SATURATION_RISE),
-            "final gap to floor": float(group.gap_to_floor.iloc[-1]),
-            "final gap to entropy": float(group.gap_to_entropy.iloc[-1]),
-            "anisotropy jumped": anisotropy_jumped, "singular entropy jumped": entropy_jumped,
-        }  # fmt: skip
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def controlled_claim(verdict: pd.DataFrame, rank: int, source: str) -> Claim:
-    """The ledger record of the controlled test: does saturation appear only below the rank, only under some
-    optimiser settings, or not at all (:func:`verdicts` of a grid)."""
-    below, above = verdict[verdict.width < rank], verdict[verdict.width >= rank]
-    saturated_below, saturated_above = int(below.saturated.sum()), int(above.saturated.sum())
-    gaps = f"{below['final gap to floor'].min():.3f} to {below['final gap to floor'].max():.3f} nats"
-    if saturated_below == 0 and saturated_above == 0 and below["final gap to floor"].min() > NEAR_FLOOR:
-        finding = (f"not decided at this length: no student saturates, and below the rank they still end {gaps} "
-                   f"above their floors (near means within {NEAR_FLOOR})")  # fmt: skip
-    elif saturated_below == 0 and saturated_above == 0:
-        finding = f"no student saturates: below the rank they end {gaps} above their floors"
-    elif saturated_above == 0 and saturated_below == len(below):
-        finding = "every student narrower than the rank saturates, none at or above it"
-    elif saturated_above == 0:
-        finding = f"{saturated_below} of {len(below)} students below the rank saturate (only under some settings)"
-    else:
-        finding = f"students saturate below ({saturated_below}) and above ({saturated_above}) the rank"
-    book = (f"{len(verdict)} students, up to {verdict['tokens per parameter'].max():,.0f} tokens per parameter; "
-            f"largest rise after a minimum {verdict['rise after minimum'].max():.4f} nats")  # fmt: skip
-    return CLAIMS["x-controlled-bottleneck"].judge(finding, book, source, ["one seed per student"])
-
-
 def available_snapshots(folder: Path = SNAPSHOTS) -> list[str]:
-    """Names of the grids whose snapshot is committed, largest first (``gpu``, then ``cpu``)."""
-    return [name for name in ("gpu", "cpu") if (folder / f"controlled-{name}.json").is_file()]
+    """Names of the grids whose snapshot is committed, largest first (``gpu``, then ``factors``)."""
+    return [name for name in ("gpu", "factors") if (folder / f"controlled-{name}.json").is_file()]

@@ -62,7 +62,8 @@ class GradientGrid:
         here (counted as ``max_steps``: a lower bound). eval_every: steps between held-out evaluations of
         ``eval_windows`` sequences. rates: searched per (V, D, pool) with ``selection_seed``; seeds: reported.
         cut_width, cut_ranks, cut_steps, cut_layers, cut_vocab: the rank-cut experiment (the tiny suite's recipe;
-        the full head once per seed, the two cut arms at every rank).
+        the full head once per seed, the two cut arms at every rank). cut_eval_tokens: validation and test
+        tokens of each rank-cut run (the suite's 32,768; fewer for a rehearsal).
     """
 
     name: str
@@ -83,6 +84,7 @@ class GradientGrid:
     cut_layers: int = 2
     cut_vocab: int = 4096
     cut_curve_points: int = 6
+    cut_eval_tokens: int = 32_768
 
     def cells(self) -> list[tuple[int, int, int | None]]:
         """(V, D, pool) of every SpamLang cell; ``None`` draws from all V (one cell when the pool covers V)."""
@@ -97,14 +99,15 @@ class GradientGrid:
 
     def cut_spec(self, seed: int) -> SuiteSpec:
         return SuiteSpec(name=f"rank-cut-{self.name}", widths=(self.cut_width,), n_layers=self.cut_layers,
-                         vocab_size=self.cut_vocab, steps=self.cut_steps, seed=seed)  # fmt: skip
+                         vocab_size=self.cut_vocab, steps=self.cut_steps, seed=seed,
+                         eval_tokens=self.cut_eval_tokens)  # fmt: skip
 
 
 GRIDS = {
     "cpu": GradientGrid("cpu"),
     "micro": GradientGrid("micro", vocabs=(32, 128), widths=(8,), pool=32, max_steps=60, eval_every=10,
                           eval_windows=32, rates=(3e-3, 1e-2), seeds=(1, 2), cut_width=16, cut_ranks=(2,),
-                          cut_steps=4, cut_layers=1, cut_curve_points=1),
+                          cut_steps=4, cut_layers=1, cut_curve_points=1, cut_eval_tokens=2_048),
 }  # fmt: skip
 
 
@@ -233,10 +236,10 @@ def run_key(grid: GradientGrid, task: tuple) -> dict:
     """What one run depends on (its cache key): its own specification and task, not the rest of the grid."""
     if task[0] == "spamlang":
         vocab, width, pool, rate, seed, role = task[1:]
-        return {"spec": asdict(grid.spamlang_spec(vocab, width, rate, seed)), "pool": pool, "role": role,
+        return {"spec": grid.spamlang_spec(vocab, width, rate, seed).identity(), "pool": pool, "role": role,
                 "eval": [grid.eval_every, grid.eval_windows], "accuracy": SPAMLANG_ACCURACY}  # fmt: skip
     arm, seed, rank = task[1:]
-    return {"spec": asdict(grid.cut_spec(seed)), "arm": arm, "rank": rank, "curve": grid.cut_curve_points}
+    return {"spec": grid.cut_spec(seed).identity(), "arm": arm, "rank": rank, "curve": grid.cut_curve_points}
 
 
 def _cached(grid: GradientGrid, task: tuple) -> dict:
@@ -344,7 +347,7 @@ def measured_fractions(preset: str | Preset = "tiny") -> pd.DataFrame:
     sample = CorpusSample(SMOLLM2, "validation", 128, GRADIENT_WINDOWS * 128)
     pretrained = measure(preset, names, checkpoints=[(SMOLLM2, 0)], windows=sample_windows(sample, preset))
     grid = controlled.GRIDS["live"]
-    runs = controlled.runs_of(grid)
+    runs = [run for run, s in zip(controlled.runs_of(grid), grid.students, strict=True) if s.switch is None]
     ensure_trained(runs)
     students = measure_trained(runs, {"evaluation": controlled.held_out(grid, 1.0)}, names, evenly_spaced=True)
     students = students.assign(model=[f"student d={w}" for w in students.width])

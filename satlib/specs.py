@@ -84,14 +84,18 @@ class SuiteSpec:
     def tokens_per_step(self) -> int:
         return self.batch_size * self.context
 
-    def key(self) -> str:
-        """Short hash of the whole specification (part of the cache key; the training data's identity is the
-        other part, see :func:`satlib.training.model_dir`). Pythia's parallel blocks, the default, are left out
-        of it, so the suites trained before the field existed keep their keys."""
+    def identity(self) -> dict:
+        """The fields that make the specification's cache keys: all of them, but Pythia's parallel blocks (the
+        default) are left out, so the suites and runs keyed before that field existed keep their keys."""
         fields = asdict(self)
         if fields["parallel_residual"]:
             del fields["parallel_residual"]
-        return digest(fields, 10)
+        return fields
+
+    def key(self) -> str:
+        """Short hash of :meth:`identity` (part of the cache key; the training data's identity is the other part,
+        see :func:`satlib.training.model_dir`)."""
+        return digest(self.identity(), 10)
 
     def model_name(self, width: int) -> str:
         """Registry name of the model of hidden size ``width`` (``tiny-d64``)."""

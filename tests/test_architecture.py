@@ -15,7 +15,8 @@ PACKAGE = ROOT / "satlib"
 LAYERS: dict[str, list[str]] = {
     "ground": ["errors", "storage", "config", "network", "specs", "presets"],
     "methods": ["verdicts", "claims", "metrics", "optimize", "scaling", "theory", "ngram", "bottleneck", "synthetic",
-                "spectra", "anisotropy", "saturation", "gradient_bottleneck", "book", "heads.lowrank",
+                "spectra", "anisotropy", "saturation", "controlled_verdicts", "gradient_bottleneck", "book",
+                "heads.lowrank",
                 "heads.mixture"],
     "sources": ["data", "corpus", "tokenization", "models"],
     "training": ["training"],

@@ -16,7 +16,7 @@ from bs4 import BeautifulSoup
 
 from satlib import book
 from satlib.book import glued_values
-from satlib.claims import BASELINE_TOLERANCE, CLAIMS, MOST_OF_THE_GAP
+from satlib.claims import BASELINE_TOLERANCE, CLAIMS, MOST_OF_THE_GAP, SATURATION_RISE
 from satlib.config import REPOSITORY_URL
 from satlib.verdicts import BEYOND, RECORD_KEYS, VERDICTS
 
@@ -117,7 +117,8 @@ def test_the_ledger_holds_every_claim_in_the_intro_and_in_claims_json():
                 "fig7-ngram-dimension", "fig8-werror-threshold", "fig9-learning-rates", "softmax-rank-bound",
                 "lemma-5.1", "lemma-5.2", "theorem-5.3", "frequency-directions", "x-chinchilla-constants",
                 "x-ngram-contexts", "x-mixture-of-softmaxes", "x-wide-vs-deep", "x-long-run",
-                "x-controlled-bottleneck", "x-truncation-metric"}  # fmt: skip
+                "x-controlled-bottleneck", "x-truncation-metric", "x-saturation-detector", "x-controlled-factors",
+                "x-parallel-blocks"}  # fmt: skip
     assert required <= {record["id"] for record in records}
     for record in records:
         assert set(RECORD_KEYS) <= set(record) and all(record[key] for key in RECORD_KEYS), record["id"]
@@ -309,7 +310,14 @@ def test_discussion_chapter_numbers():
 def test_controlled_chapter_numbers():
     values = glued_values(EXECUTED / "08_controlled_saturation.ipynb")
     assert values["price_8"] > values["price_32"] > 0 and abs(values["price_64"]) < 1e-6
-    assert values["grid_students"] >= 2 and values["grid_saturated"] <= values["grid_students"]
+    assert values["ln_gap_8"] > 0 and abs(values["ln_gap_128"]) < 1e-9  # 127 dimensions are still above the rank
+    assert values["live_control_flagged"] == "yes" and values["live_control_rise"] > SATURATION_RISE
+    assert values["grid_control_rise"] > SATURATION_RISE
+    assert values["reach_tpp"] > 10_000 > values["pythia14m_best_tpp"] > 1_000  # the reach, Figure 1b's point
+    assert values["reach_ratio"] == pytest.approx(values["reach_tpp"] / values["pythia14m_best_tpp"])
+    assert values["grid_students"] >= 20 and values["grid_saturated"] <= values["grid_students"]
+    text = page("book/notebooks/08_controlled_saturation").get_text()
+    assert "far past" not in text and "Pythia-14M" in text
 
 
 def test_every_chapter_has_exercises_with_hidden_solutions():

@@ -26,7 +26,7 @@ def satlib_command(*arguments: str, cache: Path) -> subprocess.CompletedProcess:
         (("prepare", "--jobs", "0"), "argument --jobs: must be an integer >= 1, got '0'"),
         (("prepare", "--jobs", "two"), "argument --jobs: must be an integer >= 1, got 'two'"),
         (("prepare", "--preset", "bogus"), "error: unknown preset 'bogus': use one of ['pythia', 'tiny']"),
-        (("controlled", "--grid", "huge"), "error: unknown grid 'huge': use one of ['cpu', 'gpu', 'live']"),
+        (("controlled", "--grid", "huge"), "error: unknown grid 'huge': use one of ['factors', 'gpu', 'live']"),
         (("controlled", "--tokens", "-5"), "argument --tokens: must be an integer >= 1, got '-5'"),
         (("execute", "--jobs", "0"), "--jobs"),
     ],

@@ -9,12 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from satlib import controlled, models, training
+from satlib import controlled, controlled_verdicts, models, training
 from satlib.errors import ConfigurationError, MissingArtefactError
 from satlib.specs import SuiteSpec
+from satlib.storage import digest
 
 MICRO = controlled.ControlledGrid(
-    "micro", (controlled.Student(2, "constant", 0.0, batch_size=8), controlled.Student(8, batch_size=8)),
+    "micro", (controlled.Student(2, "constant", 0.0, batch_size=8), controlled.Student(8, batch_size=8),
+              controlled.Student(3, batch_size=8, parallel=False, switch=0.5, seed=1)),
     tokens=8 * 16 * 120, vocab_size=32, rank=4, context=16, held_out_windows=16, checkpoints=4,
 )  # fmt: skip
 
@@ -32,14 +34,19 @@ def test_a_micro_grid_end_to_end(cache):
     table, provenance = controlled.load_snapshot("micro", folder=cache)
     assert provenance["wall_seconds"] >= 0
     assert set(table.student) == {s.label for s in MICRO.students}
-    assert {"heldout_loss", "floor", "entropy_rate", "gap_to_floor", "singular_entropy"} <= set(table.columns)
+    assert {"heldout_loss", "floor", "floor_layer_norm", "entropy_rate", "gap_to_floor", "gap_to_layer_norm_floor",
+            "singular_entropy", "effective_rank", *controlled.STUDENT_COLUMNS} <= set(table.columns)  # fmt: skip
     narrow = table[table.width == 2]
     assert (narrow.floor > narrow.entropy_rate).all()  # below the rank the floor is above the entropy rate
+    assert (narrow.floor_layer_norm > narrow.floor).all()  # and the layer-norm class's floor above it
     wide = table[table.width == 8]  # at or above the rank: equal, up to the last bits of the float64 fit
     assert (wide.floor - wide.entropy_rate).abs().max() < 1e-12
-    verdict = controlled.verdicts(table)
-    assert len(verdict) == 2 and verdict["tokens per parameter"].gt(0).all()
-    claim = controlled.controlled_claim(verdict, MICRO.rank, "a micro grid")
+    assert ((table.effective_rank >= 1 - 1e-9) & (table.effective_rank <= table.width + 1e-9)).all()
+    verdict = controlled_verdicts.student_verdicts(table)
+    assert len(verdict) == 3 and verdict["tokens per parameter"].gt(0).all()
+    assert list(verdict.control) == [False, False, True] and list(verdict.seed) == [0, 0, 1]
+    assert list(verdict.parallel) == [True, True, False]
+    claim = controlled_verdicts.bottleneck_claim(verdict, MICRO.rank, 1.0, "a micro grid")
     assert claim.verdict.startswith("tested beyond the paper: ") and claim.id == "x-controlled-bottleneck"
     monkeypatch_free = controlled.measure(MICRO)  # trained once: measured from the cache
     pd.testing.assert_frame_equal(monkeypatch_free[table.columns.intersection(monkeypatch_free.columns)].reset_index(
@@ -72,7 +79,9 @@ def test_the_stream_never_repeats_a_window():
         (lambda: controlled.Student(0), "width must be an integer >= 1"),
         (lambda: controlled.Student(8, "linear"), "unknown schedule 'linear'"),
         (lambda: controlled.Student(8, weight_decay=-1.0), "bad factor"),
-        (lambda: controlled.grid_named("huge"), r"unknown grid 'huge': use one of \['cpu', 'gpu', 'live'\]"),
+        (lambda: controlled.grid_named("huge"), r"unknown grid 'huge': use one of \['factors', 'gpu', 'live'\]"),
+        (lambda: controlled.Student(8, final_lr=1.5), "final_lr in \\[0, 1\\]"),
+        (lambda: controlled.Student(8, switch=1.0), "switch is a fraction of its steps in \\(0, 1\\), got 1.0"),
         (lambda: controlled.load_snapshot("none"), "make controlled GRID=none"),
     ],
 )
@@ -83,28 +92,37 @@ def test_bad_input_is_one_line(make, match):
 
 
 def test_the_grids_are_sized_as_documented():
-    gpu = controlled.GRIDS["gpu"]
-    assert {s.width for s in gpu.students} == {8, 16, 32, 128} and gpu.rank == 64
-    narrow = next(s for s in gpu.students if s.width == 8)
-    spec = gpu.spec(narrow)
-    assert isinstance(spec, SuiteSpec) and spec.n_layers == 1
-    assert spec.steps * spec.tokens_per_step / training.parameter_count(spec, 8) > 10_000
+    gpu, factors = controlled.GRIDS["gpu"], controlled.GRIDS["factors"]
+    assert {s.width for s in gpu.students} == {8, 128} and gpu.rank == 64
+    assert {s.width for s in factors.students} == {4, 64} and factors.rank == 32
+    for grid in (gpu, factors):
+        narrow = min(s.width for s in grid.students)
+        spec = grid.spec(next(s for s in grid.students if s.width == narrow))
+        assert isinstance(spec, SuiteSpec) and spec.n_layers == 1
+        assert spec.steps * spec.tokens_per_step / training.parameter_count(spec, narrow) > 10_000
+        arms = pd.Series([s.label.removesuffix(f", seed {s.seed}") for s in grid.students if s.width == narrow])
+        assert (arms.value_counts().drop(next(a for a in arms if "switch" in a)) == 3).all()  # three seeds an arm
+        assert sum(s.switch is not None for s in grid.students) == 1  # one positive control
+        assert len({s.slug for s in grid.students}) == len(grid.students)  # each student has its own cache
 
 
-@pytest.mark.parametrize(
-    ("saturated", "gaps", "finding"),
-    [
-        ([False, False, False], [0.2, 0.3, 0.0], "not decided at this length"),
-        ([False, False, False], [0.01, 0.3, 0.0], "no student saturates"),
-        ([True, True, False], [0.01, 0.3, 0.0], "every student narrower than the rank saturates"),
-        ([True, False, False], [0.01, 0.3, 0.0], "1 of 2 students below the rank saturate"),
-        ([True, False, True], [0.01, 0.3, 0.0], "students saturate below (1) and above (1)"),
-    ],
-)
-def test_the_controlled_verdict_follows_its_criterion(saturated, gaps, finding):
-    """Two students below the rank (8, 16) and one above (128): each branch of the criterion, on made-up verdicts."""
-    columns = {"width": [8, 16, 128], "saturated": saturated, "final gap to floor": gaps,
-               "tokens per parameter": [1e3, 1e3, 1e2], "rise after minimum": [0.02, 0.0, 0.0]}  # fmt: skip
-    verdict = pd.DataFrame(columns)
-    claim = controlled.controlled_claim(verdict, 64, "made-up verdicts")
-    assert claim.verdict.startswith("tested beyond the paper: " + finding), claim.verdict
+def test_a_switched_stream_changes_worlds_at_its_step():
+    plain, switched = (MICRO.batches(controlled.Student(2, switch=s)) for s in (None, 0.5))
+    spec = MICRO.spec(controlled.Student(2))
+    half = spec.steps // 2
+    assert plain.identity != switched.identity and switched.identity.startswith(plain.identity)
+    assert torch.equal(plain.batch(spec, half - 1), switched.batch(spec, half - 1))
+    other = dataclasses.replace(MICRO, world_seed=MICRO.world_seed + 1).language(1.0)
+    assert torch.equal(switched.batch(spec, half), other.batch(half, spec.batch_size, spec.context, 1))
+
+
+def test_a_students_factors_reach_its_model_and_keep_the_old_keys():
+    sequential = MICRO.spec(controlled.Student(2, parallel=False, final_lr=0.0, seed=2))
+    assert not training.model_config(sequential, 2).use_parallel_residual and sequential.seed == 2
+    assert sequential.learning_rate(sequential.steps) == pytest.approx(0.0, abs=1e-12)
+    plain = MICRO.spec(controlled.Student(2))
+    assert training.model_config(plain, 2).use_parallel_residual
+    fields = dataclasses.asdict(plain)
+    del fields["parallel_residual"]
+    assert plain.identity() == fields and plain.key() == digest(fields, 10)
+    assert plain.key() != dataclasses.replace(plain, parallel_residual=False).key()

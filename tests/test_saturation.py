@@ -141,10 +141,19 @@ def test_evaluation_degradation_on_known_curves():
 
 
 def test_after_minimum_skips_missing_measurements():
-    run = pd.DataFrame({"heldout_loss": [np.nan, 3.0, 2.5, 2.6], "last_anisotropy": [0.1, 0.2, 0.2, 0.3],
-                        "singular_entropy": [1.0, 1.0, 1.0, 1.0]})  # fmt: skip
-    best, rise, anisotropy_jumped, entropy_jumped = saturation.after_minimum(run, jump=0.2)
+    run = pd.DataFrame({"heldout_loss": [np.nan, 3.0, 2.5, 2.6], "last_anisotropy": [0.1, 0.2, 0.2, 0.45],
+                        "singular_entropy": [1.0, 1.0, 1.0, 1.5]})  # fmt: skip
+    best, rise, anisotropy_jumped, entropy_jumped = saturation.after_minimum(run)
     assert best == 2 and rise == pytest.approx(0.1) and anisotropy_jumped and not entropy_jumped
+
+
+def test_a_jump_is_the_books_one_factor_strictly():
+    """More than COLLAPSE_FACTOR times the value at the minimum, for anisotropy and singular entropy alike."""
+    factor = saturation.COLLAPSE_FACTOR
+    run = pd.DataFrame({"heldout_loss": [3.0, 2.5, 2.6], "last_anisotropy": [0.1, 0.2, 0.2 * factor],
+                        "singular_entropy": [1.0, 1.0, factor + 1e-6]})  # fmt: skip
+    _, _, anisotropy_jumped, entropy_jumped = saturation.after_minimum(run)
+    assert not anisotropy_jumped and entropy_jumped
 
 
 def _collapses(peaks: list[float], minima: list[float], late: list[float]) -> pd.DataFrame:

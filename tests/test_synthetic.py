@@ -205,7 +205,9 @@ def one_thread():
 def test_floor_table_is_computed_once_and_read_back(monkeypatch):
     language = SyntheticLanguage(16, 4, seed=7)
     first = language.floor_table([4, 1, 2])
-    monkeypatch.setattr(BottleneckFloors, "floor_table", lambda self, widths: pytest.fail("computed again"))
+    monkeypatch.setattr(
+        BottleneckFloors, "floor_table", lambda self, widths, layer_norm=False: pytest.fail("computed again")
+    )
     again = SyntheticLanguage(16, 4, seed=7).floor_table([1, 2, 4])  # an equal language, the same widths
     pd.testing.assert_frame_equal(again, first)
     with pytest.raises(pytest.fail.Exception, match="computed again"):
@@ -255,6 +257,63 @@ def test_floor_agrees_with_gradient_descent_in_torch(floors, one_thread, d):
     assert descents[0] > fit.loss - 1e-9  # gradient descent from the optimum finds nothing lower nearby
     assert descents[1:].min() > fit.loss - 1e-9  # nor from random starts
     assert descents[1:].min() < fit.loss + 1e-5  # and the best random start reaches the same floor
+
+
+def layer_norm_student_loss(language: SyntheticLanguage, inputs, gain, shift, head) -> torch.Tensor:
+    """The exact expected loss of the last stage of a GPT-NeoX student, for a stack of R students: free pre-norm
+    vectors x_c (R, V, d), torch's layer norm (eps 1e-5) with gain and shift (R, d), a bias-free head (R, V, d)."""
+    normed = torch.nn.functional.layer_norm(inputs, inputs.shape[-1:], eps=1e-5)
+    hidden = normed * gain[:, None, :] + shift[:, None, :]
+    zero_bias = torch.zeros(len(inputs), language.vocab_size, dtype=torch.float64)
+    return independent_loss(language, hidden, head, zero_bias)
+
+
+def layer_norm_student_at(fit, d: int, eps: float = 1e-5) -> list[torch.Tensor]:
+    """A layer-norm student whose logits are exactly a rank-(d - 1) fit's ``A B^T + 1 b^T``: n_c = s P a_c in the
+    mean-zero hyperplane (P an orthonormal basis, s keeping every ||n_c|| below sqrt(d)), pre-norm vectors
+    x_c = k_c n_c with k_c = sqrt(eps / (1 - ||n_c||^2 / d)) so that the norm returns n_c, gain 1, shift e (the
+    unit vector along ones), and head W = B P^T / s + b e^T. Shapes as :func:`layer_norm_student_loss`, R = 1."""
+    ones = np.ones((d, 1)) / np.sqrt(d)
+    basis = np.linalg.svd(np.eye(d) - ones @ ones.T)[0][:, : d - 1]  # orthonormal, orthogonal to the ones
+    scale = 0.5 * np.sqrt(d) / np.linalg.norm(fit.contexts, axis=1).max()
+    normed = scale * fit.contexts @ basis.T
+    stretch = np.sqrt(eps / (1 - np.sum(normed**2, axis=1, keepdims=True) / d))
+    head = fit.head @ basis.T / scale + fit.bias[:, None] @ ones.T
+    parts = (stretch * normed, np.ones(d), ones[:, 0], head)
+    return [torch.from_numpy(np.ascontiguousarray(part))[None] for part in parts]
+
+
+@pytest.mark.parametrize("d", [3, 4])
+def test_the_layer_norm_floor_is_the_minimum_of_the_layer_norm_class(floors, one_thread, d):
+    """The real last stage of a student (pre-norm vectors, torch's layer norm, a bias-free linear head): a student
+    built from the rank-(d - 1) fit has exactly its loss (the floor is reached), and gradient descent from it and
+    from random starts finds nothing lower; the random starts end far above the rank-d floor."""
+    language, floor = floors
+    assert language._floors.layer_norm_loss(d) == floor[d - 1]
+    built = layer_norm_student_at(language.best_rank_fit(d - 1), d)
+    assert layer_norm_student_loss(language, *built).item() == pytest.approx(floor[d - 1], abs=1e-9)
+    restarts, vocab = 3, language.vocab_size
+    generator = torch.Generator().manual_seed(1)
+    random = [torch.randn(restarts, vocab, d, generator=generator, dtype=torch.float64),
+              torch.ones(restarts, d, dtype=torch.float64), torch.zeros(restarts, d, dtype=torch.float64),
+              0.3 * torch.randn(restarts, vocab, d, generator=generator, dtype=torch.float64)]  # fmt: skip
+    parameters = [torch.cat([b, r]).requires_grad_() for b, r in zip(built, random, strict=True)]
+    optimiser = torch.optim.Adam(parameters, lr=0.01)
+    for _ in range(800):
+        optimiser.zero_grad()
+        layer_norm_student_loss(language, *parameters).sum().backward()
+        optimiser.step()
+    reached = layer_norm_student_loss(language, *parameters).detach().numpy()
+    assert reached.min() > floor[d - 1] - 1e-9  # nothing below the class's floor
+    assert reached[1:].min() > floor[d] + 0.5 * (floor[d - 1] - floor[d])  # the rank-d floor is out of reach
+
+
+def test_the_layer_norm_floor_at_width_one_is_the_unigram_entropy(floors):
+    language, _ = floors
+    assert language._floors.layer_norm_loss(1) == language.unigram_entropy()
+    table = language.floor_table([1, 3], layer_norm=True)
+    assert list(table.floor_layer_norm) == [language.unigram_entropy(), language.best_rank_loss(2)]
+    assert (table.floor_layer_norm >= table.floor).all()
 
 
 # ------------------------------------------------------------------ bad input
