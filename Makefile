@@ -53,7 +53,7 @@ long-run: setup
 
 # The controlled test of the mechanism (chapter 08): students trained on a synthetic language of known rank, past
 # Pythia-14M's point in tokens per parameter, measured at every checkpoint; rewrites
-# satlib/data_files/snapshots/controlled-$(GRID).json. GRID=factors (default, about half an hour on 2 cores) or
+# satlib/data_files/snapshots/controlled-$(GRID).json. GRID=factors (default, about 50 minutes on 2 cores) or
 # GRID=gpu (on a GPU machine). Resumable. Never part of `make book`.
 GRID ?= factors
 controlled: setup

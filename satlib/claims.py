@@ -261,7 +261,7 @@ _CLAIMS = [
         "the test is not decided at this length of training.",
         beyond_paper=True,
     ),
-    ClaimSpec("x-saturation-detector", "08_controlled_saturation", "§3",
+    ClaimSpec("x-saturation-detector", "08_controlled_saturation", "§3, §5.2",
         "Does the book's saturation rule flag a late rise of the loss that must happen?",
         "the paper reads saturation off a late rise of the loss (Figure 1a); it has no positive control",
         "Positive controls: students whose training stream changes to another world of the same size part-way, "
@@ -270,7 +270,7 @@ _CLAIMS = [
         "students it flags is reported beside it (on a fresh stream a flag there is a finding, not an error).",
         beyond_paper=True,
     ),
-    ClaimSpec("x-controlled-factors", "08_controlled_saturation", "§4.2",
+    ClaimSpec("x-controlled-factors", "08_controlled_saturation", "§3, §5.2",
         "Does the head's effective rank move with batch size, weight decay and the final learning rate, and does "
         "a fall of it co-occur with or precede a loss rise?",
         "Kulkarni et al. (2026, abstract): effective rank is strongly influenced by batch size and weight decay, and "
@@ -284,7 +284,7 @@ _CLAIMS = [
         "record says so.",
         beyond_paper=True,
     ),
-    ClaimSpec("x-parallel-blocks", "08_controlled_saturation", "§3",
+    ClaimSpec("x-parallel-blocks", "08_controlled_saturation", "§3, §5.2",
         "Do Pythia's parallel attention and MLP blocks degrade where sequential blocks do not?",
         "an OLMo-14M matched to Pythia-14M but with sequential blocks does not degrade where Pythia-14M does, and "
         "the parallel blocks are suspected (attributed to Kulkarni et al. 2026 by the request for this test; not "

@@ -11,7 +11,7 @@ saturation, and a student whose stream changes worlds part-way is a positive con
 A :class:`ControlledGrid` is the experiment: one world, and students that vary the width around the rank and the
 factors the disputed causes point to (batch size, weight decay, the final learning rate, parallel or sequential
 blocks), with seeds. ``live`` runs in every book build (three students, about a minute); ``factors`` is ``make
-controlled`` (about half an hour on 2 cores); ``gpu`` is the same design on a GPU machine, with far more tokens.
+controlled`` (about 50 minutes on 2 cores); ``gpu`` is the same design on a GPU machine, with far more tokens.
 Each writes a frozen snapshot of measurements with its provenance; the chapter reads them, and
 :mod:`satlib.controlled_verdicts` judges them.
 """
@@ -182,7 +182,7 @@ def _factors(width: int, seeds: int) -> tuple[Student, ...]:
 #: ``live``: one student below the rank, one above it and the positive control (the world changes halfway), in
 #: every book build (about a minute on a CPU). ``factors``: ``make controlled``, a smaller world (V = 256, rank 32)
 #: in which width 4 reaches 13,000 tokens per parameter in minutes: each arm of :func:`_factors` with three seeds,
-#: width 64 above the rank, and the positive control (about half an hour on 2 cores). ``gpu``: the same design in
+#: width 64 above the rank, and the positive control (about 50 minutes on 2 cores). ``gpu``: the same design in
 #: the first world (V = 1,024, rank 64) at width 8, with 128 above the rank and 200M tokens per student (11,600 tokens
 #: per parameter at width 8): ``make controlled GRID=gpu`` on a GPU machine.
 GRIDS: dict[str, ControlledGrid] = {

@@ -39,10 +39,17 @@ def test_arm_summary_gathers_the_seeds_of_each_arm():
     rows = [checkpoints(f"{BASE}, seed {seed}", [3.0, 2.0, 2.0 + 0.02 * seed], [3.0, 2.0 + seed, 2.0 + seed], seed=seed)
             for seed in range(3)]  # fmt: skip
     summary = cv.arm_summary(cv.student_verdicts(pd.concat(rows, ignore_index=True)))
-    assert list(summary.index) == [BASE]
+    assert list(summary.index) == [BASE]  # one arm: nothing to leave out
     row = summary.iloc[0]
     assert row.seeds == 3 and row.saturated == 2 and row["largest rise"] == pytest.approx(0.04)  # rises 0, 0.02, 0.04
     assert row["final effective rank"] == pytest.approx(3.0) and row["rank range"] == pytest.approx(2.0)
+
+
+def test_short_names_leave_out_what_every_arm_shares():
+    arms = [BASE, f"{BASE}, sequential", "d=64, cosine, wd 0.1, zipf 1, batch 64"]
+    assert cv.short_names(arms) == {BASE: "d=4", f"{BASE}, sequential": "d=4, sequential",
+                                    "d=64, cosine, wd 0.1, zipf 1, batch 64": "d=64"}  # fmt: skip
+    assert cv.short_names([BASE, BASE]) == {BASE: BASE}  # all shared: the full label
 
 
 def verdicts(rows: list[dict]) -> pd.DataFrame:
@@ -87,6 +94,13 @@ def test_the_bottleneck_record_follows_its_criterion(rows, finding):
     claim = cv.bottleneck_claim(verdicts(rows), 32, 5_000.0, "made up")
     assert claim.verdict.startswith("tested beyond the paper: " + finding), claim.verdict
     assert "Pythia-14M's best checkpoint: 5,000" in claim.book_value
+
+
+def test_the_bottleneck_record_says_what_the_held_out_sample_shifts():
+    rows = [CONTROL, {"final gap to layer-norm floor": 0.02}, {"final gap to layer-norm floor": 0.04}]
+    claim = cv.bottleneck_claim(verdicts(rows), 32, 5_000.0, "made up", sample_offset=-0.02)
+    assert any("scores -0.0200 nats" in c and "1 of 2 narrow students end within 0.05" in c for c in claim.caveats)
+    assert not any("scores" in c for c in cv.bottleneck_claim(verdicts(rows), 32, 5_000.0, "made up").caveats)
 
 
 def arms(rank_shift: float, spread: float, **change) -> list[dict]:
