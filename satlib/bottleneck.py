@@ -161,11 +161,15 @@ class BottleneckFloors:
         ``best_rank_loss(d - 1)`` (the unigram entropy at d = 1).
 
         The final layer norm's output is ``g * n + beta`` with n = (x - mean x) / sqrt(var x + eps): n has mean
-        zero, so it lies in a (d - 1)-dimensional subspace, and the logits ``W (g * n + beta)`` are a rank-(d - 1)
-        function of the context plus the constant ``W beta``. Its norm, ``sqrt(d var / (var + eps))``, is below
-        sqrt(d) but otherwise free (eps > 0), and W is free, so every rank-(d - 1) log-linear model (rescaled to
-        fit the ball) is a limit of students: the class is exactly rank d - 1 plus a bias in W's span, inside rank
-        d - 1 plus a free bias. A tighter floor than ``best_rank_loss(d)``, and as valid.
+        zero, so ``g * n`` lies in diag(g) applied to the mean-zero hyperplane, a subspace of dimension at most
+        d - 1, and the logits ``W (g * n + beta)`` are a rank-(d - 1) function of the context plus the constant
+        ``W beta``, a bias in W's span. So the class lies inside rank d - 1 plus a free bias: this loss is a floor.
+        It is also reached: ``||n||^2 = d var / (var + eps)`` takes any value below d (eps > 0), and W is free, so
+        with g = 1, beta along the ones and W = [B P^T / s, b] (P a basis of the hyperplane, s a scale that keeps
+        every n_c inside the ball) a student reproduces any rank-(d - 1) model ``A B^T + 1 b^T`` exactly (the tests
+        build one). A tighter floor than ``best_rank_loss(d)``, and as valid; a student reaches it only with
+        pre-norm states whose variance is near eps for some contexts, so students on the norm's sphere may stay
+        above it.
         """
         d = integer("d", d, 1)
         return self.unigram_entropy() if d == 1 else self.best_rank_fit(d - 1).loss

@@ -280,8 +280,9 @@ _CLAIMS = [
         "squared) when the mean difference exceeds both arms' range over seeds and every seed agrees; nothing "
         "moves inside the spread. On each student that saturates, the rank co-occurs with the rise when it is "
         "lower at the last checkpoint than at the loss minimum, and precedes it when its largest drop between two "
-        "checkpoints ends at or before the minimum; with no student saturating neither is testable, and the "
-        "record says so.",
+        "checkpoints of the last three quarters of training ends at or before the minimum (amended after review, "
+        "before any student saturated: every head collapses early, so the first wording could not fail); with no "
+        "student saturating neither is testable, and the record says so.",
         beyond_paper=True,
     ),
     ClaimSpec("x-parallel-blocks", "08_controlled_saturation", "§3, §5.2",

@@ -21,7 +21,7 @@ from satlib.verdicts import Claim, compare
 #: How each factor a student may change reads in a finding (its value after the colon).
 FACTOR_NAMES = {"batch_size": "batch {:g}", "weight_decay": "weight decay {:g}", "final_lr": "final rate {:g}",
                 "parallel": "blocks {}", "schedule": "{} schedule"}  # fmt: skip
-#: Each factor's value in a table made before the factor existed (Pythia's recipe).
+#: Each factor's value in a table made before the factor existed (a student's defaults).
 DEFAULTS = {"schedule": "cosine", "weight_decay": 0.1, "batch_size": 256, "final_lr": 0.1, "parallel": True,
             "switch": None, "seed": 0}  # fmt: skip
 
@@ -36,7 +36,8 @@ def student_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     floor (rank d - 1 plus a bias) and the entropy rate, whether anisotropy or singular entropy jumped after the
     minimum (:func:`satlib.saturation.after_minimum`), the effective rank at the minimum and at the end, and
     ``rank drop before rise`` (a saturated student whose effective rank had its largest fall between two checkpoints
-    at or before its lowest loss, that is before the loss rose).
+    of the last three quarters of training at or before its lowest loss, that is before the loss rose; every head
+    collapses early in training, which says nothing about a late rise).
     """
     rows = {}
     for label, group in table.groupby("student", sort=False):
@@ -46,7 +47,8 @@ def student_verdicts(table: pd.DataFrame) -> pd.DataFrame:
         switch = factors["switch"]
         factors["switch"] = None if switch is None or pd.isna(switch) else float(switch)
         ranks = group.effective_rank.to_numpy(dtype=float)
-        drop = int(np.argmin(np.diff(ranks))) + 1 if len(ranks) > 1 else 0
+        late = int(np.searchsorted(group.step.to_numpy(), group.step.iloc[-1] / 4))  # the early collapse is no sign
+        drop = late + int(np.argmin(np.diff(ranks[late:]))) + 1 if len(ranks) - late > 1 else len(ranks)
         layer_norm = group.gap_to_layer_norm_floor if "gap_to_layer_norm_floor" in group else group.gap_to_floor
         rows[label] = {
             "width": int(group.width.iloc[0]), "arm": re.sub(r", seed \d+$", "", str(label)), **factors,
@@ -209,7 +211,13 @@ def factors_claim(effects: pd.DataFrame, verdict: pd.DataFrame, source: str) -> 
         finding += (f"; of {len(saturated)} saturating students the rank falls with the rise in {falls} and its "
                     f"largest drop precedes the rise in {first}")  # fmt: skip
     book = "; ".join(f"{factor}: {row.difference:+.3f} (spread {row.spread:.3f})" for factor, row in effects.iterrows())
-    return CLAIMS["x-controlled-factors"].judge(finding, f"final effective rank minus the base's: {book}", source)
+    caveats = ["at one token budget the batch size also sets the number of steps, and every arm trains at one peak "
+               "rate chosen for none of them: an effect of the batch size is an effect of both",
+               "the spectrum is of the head W alone, as the paper measures it; the final layer norm's gain can move "
+               "scale between itself and W, and weight decay acts on both",
+               "seeds pair initialisation and data order; another batch shape draws other streams"]  # fmt: skip
+    return CLAIMS["x-controlled-factors"].judge(finding, f"final effective rank minus the base's: {book}", source,
+                                                caveats)  # fmt: skip
 
 
 def blocks_claim(verdict: pd.DataFrame, base_arm: str, source: str) -> Claim:

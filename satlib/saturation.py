@@ -213,22 +213,24 @@ class AfterMinimum(NamedTuple):
 
     best: int  #: row of the lowest held-out loss, in step order
     rise: float  #: last held-out loss minus the lowest (nats)
-    anisotropy_jumped: bool  #: last-layer anisotropy later exceeded ``factor`` times its value at the minimum
-    entropy_jumped: bool  #: singular entropy did the same
+    anisotropy_jumped: bool  #: last-layer anisotropy later came ``factor`` times closer to 1 than at the minimum
+    entropy_jumped: bool  #: singular entropy later exceeded ``factor`` times its value at the minimum
 
 
 def after_minimum(run: pd.DataFrame, factor: float = COLLAPSE_FACTOR) -> AfterMinimum:
-    """The held-out loss's rise after its minimum, and whether anisotropy and singular entropy jumped after it
-    (rose to more than ``factor`` times their value at the minimum: the book's one threshold for a jump or a
-    collapse), for one run's checkpoints sorted by step (columns ``heldout_loss``, ``last_anisotropy``,
-    ``singular_entropy``; paper §3 and §4)."""
+    """The held-out loss's rise after its minimum, and whether anisotropy and singular entropy jumped after it, for
+    one run's checkpoints sorted by step (columns ``heldout_loss``, ``last_anisotropy``, ``singular_entropy``;
+    paper §3 and §4). One threshold, ``factor`` (the book's for a jump or a collapse), read on each measure's own
+    scale: singular entropy jumps when it rises to more than ``factor`` times its value at the minimum;
+    anisotropy, bounded by 1 (collinear), when its distance to 1 shrinks to less than 1 / ``factor`` of that
+    distance at the minimum (a doubling of an anisotropy of 0.6 would be impossible)."""
     losses = run.heldout_loss.to_numpy()
     best = int(np.nanargmin(losses))  # a missing measurement (NaN) is never the minimum
     after = run.iloc[best:]
     return AfterMinimum(
         best,
         float(losses[-1] - losses[best]),
-        bool(after.last_anisotropy.max() > factor * after.last_anisotropy.iloc[0]),
+        bool(1 - after.last_anisotropy.max() < (1 - after.last_anisotropy.iloc[0]) / factor),
         bool(after.singular_entropy.max() > factor * after.singular_entropy.iloc[0]),
     )
 
@@ -240,8 +242,8 @@ def saturation_verdict(
 
     A run *saturates* when its held-out loss ends more than ``tolerance`` nats above its minimum while the loss
     on the training sample does not fall below its own value at that minimum (otherwise the rise is
-    overfitting). Anisotropy and singular entropy *jump* when their maximum after the held-out minimum is more
-    than ``factor`` times their value at the minimum.
+    overfitting). Anisotropy and singular entropy *jump* after the held-out minimum as :func:`after_minimum` says
+    (by ``factor``, each on its own scale).
 
     Args:
         table: rows of :func:`load_snapshot` (``run``, ``step``, ``tokens_per_parameter``, ``heldout_loss``,

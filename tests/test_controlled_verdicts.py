@@ -35,6 +35,17 @@ def test_student_verdicts_read_the_rise_the_ranks_and_the_factors():
     assert not second["rank drop before rise"]  # no rise to precede
 
 
+def test_an_early_collapse_or_a_drop_after_the_minimum_does_not_precede_the_rise():
+    """The positive control's shape: the head collapses early (step 10), the loss rises after step 50 and the rank
+    falls after it; neither drop precedes the rise. Moved before the minimum, the late drop does."""
+    losses = [4.0, 3.0, 2.5, 2.2, 2.0, 1.9, 2.3, 2.4, 2.5]
+    after = checkpoints("control", losses, [3.5, 1.2, 1.5, 2.5, 3.0, 3.2, 3.0, 2.8, 2.7])
+    before = checkpoints("other", losses, [3.5, 1.2, 1.5, 2.5, 3.0, 2.6, 2.6, 2.6, 2.6])
+    verdict = cv.student_verdicts(pd.concat([after, before], ignore_index=True))
+    assert verdict.saturated.all() and verdict["lowest loss at step"].eq(50).all()
+    assert not verdict.loc["control", "rank drop before rise"] and verdict.loc["other", "rank drop before rise"]
+
+
 def test_arm_summary_gathers_the_seeds_of_each_arm():
     rows = [checkpoints(f"{BASE}, seed {seed}", [3.0, 2.0, 2.0 + 0.02 * seed], [3.0, 2.0 + seed, 2.0 + seed], seed=seed)
             for seed in range(3)]  # fmt: skip

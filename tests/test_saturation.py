@@ -141,19 +141,24 @@ def test_evaluation_degradation_on_known_curves():
 
 
 def test_after_minimum_skips_missing_measurements():
-    run = pd.DataFrame({"heldout_loss": [np.nan, 3.0, 2.5, 2.6], "last_anisotropy": [0.1, 0.2, 0.2, 0.45],
+    run = pd.DataFrame({"heldout_loss": [np.nan, 3.0, 2.5, 2.6], "last_anisotropy": [0.1, 0.2, 0.2, 0.65],
                         "singular_entropy": [1.0, 1.0, 1.0, 1.5]})  # fmt: skip
     best, rise, anisotropy_jumped, entropy_jumped = saturation.after_minimum(run)
     assert best == 2 and rise == pytest.approx(0.1) and anisotropy_jumped and not entropy_jumped
 
 
 def test_a_jump_is_the_books_one_factor_strictly():
-    """More than COLLAPSE_FACTOR times the value at the minimum, for anisotropy and singular entropy alike."""
+    """COLLAPSE_FACTOR on each measure's scale: singular entropy multiplied by it, anisotropy's distance to 1
+    divided by it (strictly)."""
     factor = saturation.COLLAPSE_FACTOR
-    run = pd.DataFrame({"heldout_loss": [3.0, 2.5, 2.6], "last_anisotropy": [0.1, 0.2, 0.2 * factor],
+    run = pd.DataFrame({"heldout_loss": [3.0, 2.5, 2.6], "last_anisotropy": [0.1, 0.6, 1 - 0.4 / factor - 1e-6],
                         "singular_entropy": [1.0, 1.0, factor + 1e-6]})  # fmt: skip
     _, _, anisotropy_jumped, entropy_jumped = saturation.after_minimum(run)
-    assert not anisotropy_jumped and entropy_jumped
+    assert not anisotropy_jumped and entropy_jumped  # not quite halved is not a jump
+    run.loc[2, "last_anisotropy"] = 1 - 0.4 / factor + 1e-6
+    assert saturation.after_minimum(run).anisotropy_jumped  # 0.6 could never double; it can come twice as close
+    run.loc[2, "last_anisotropy"] = 0.6 * factor if 0.6 * factor <= 1 else 0.99
+    assert saturation.after_minimum(run).anisotropy_jumped
 
 
 def _collapses(peaks: list[float], minima: list[float], late: list[float]) -> pd.DataFrame:
