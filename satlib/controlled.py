@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from satlib.config import source_commit
+from satlib.controlled_verdicts import DEFAULTS
 from satlib.errors import ConfigurationError, MissingArtefactError, chosen
 from satlib.long_run import training_provenance
 from satlib.models import suite_group
@@ -46,8 +47,8 @@ from satlib.training import ensure_trained, training_record
 SNAPSHOTS = Path(__file__).resolve().parent / "data_files" / "snapshots"
 #: Seed of the held-out windows every checkpoint is measured on (the training stream uses others).
 HELD_OUT_SEED = 7_777
-#: The factors of a student recorded beside each of its measurements.
-STUDENT_COLUMNS = ("schedule", "weight_decay", "batch_size", "final_lr", "parallel", "switch", "seed")
+#: The factors of a student recorded beside each of its measurements (those the verdicts read).
+STUDENT_COLUMNS = tuple(DEFAULTS)
 #: The factors a grid may vary, and the values they accept.
 FACTORS = {"schedule": SCHEDULES, "weight_decay": "a number >= 0", "zipf": "a number >= 0", "batch_size": "an int"}
 

@@ -106,6 +106,12 @@ def test_the_grids_are_sized_as_documented():
         assert len({s.slug for s in grid.students}) == len(grid.students)  # each student has its own cache
 
 
+def test_the_verdicts_read_a_students_own_defaults_where_a_table_lacks_a_factor():
+    fields = {f.name: f.default for f in dataclasses.fields(controlled.Student)}
+    assert controlled_verdicts.DEFAULTS == {name: fields[name] for name in controlled_verdicts.DEFAULTS}
+    assert controlled.STUDENT_COLUMNS == tuple(controlled_verdicts.DEFAULTS)
+
+
 def test_a_switched_stream_changes_worlds_at_its_step():
     plain, switched = (MICRO.batches(controlled.Student(2, switch=s)) for s in (None, 0.5))
     spec = MICRO.spec(controlled.Student(2))
